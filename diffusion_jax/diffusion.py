@@ -1,0 +1,244 @@
+"""The Gaussian diffusion process as pure functions of arrays: q(x_t|x_0), q(x_{t-1}|x_t,x_0),
+p(x_{t-1}|x_t) and the conversions between the network's parameterisations.
+
+    from diffusion_jax import diffusion, schedules
+    sched = schedules.make_schedule("linear", 1000)
+    x_t = diffusion.q_sample(sched, x_0, t, noise)                  # [B, H, W, C]
+    out = diffusion.p_mean_variance(sched, apply_fn(params, x_t, t), x_t, t,
+                                    mean_type="eps", var_type="fixed_large")
+    x_prev = diffusion.p_sample(sched, out, t, noise)
+
+Every function takes the `Schedule` first, then arrays; `t` is an int array of shape [B] indexed
+from 0 (t=0 is the first diffusion step). Functions take the network's *output*, never the
+network, so they compose with jit, vmap and grad and with any model. Notation follows Ho et al.
+(2020): alpha_bar_t = prod_{s<=t} (1 - beta_s).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import jax.numpy as jnp
+
+from diffusion_jax.schedules import Schedule, extract
+
+MeanType = Literal["eps", "x0", "v"]
+VarType = Literal["fixed_small", "fixed_large", "learned", "learned_range"]
+MEAN_TYPES = ("eps", "x0", "v")
+VAR_TYPES = ("fixed_small", "fixed_large", "learned", "learned_range")
+
+
+def _ex(schedule: Schedule, name: str, t: jnp.ndarray, like: jnp.ndarray) -> jnp.ndarray:
+    return extract(getattr(schedule, name), t, like.ndim)
+
+
+def check_types(mean_type: str, var_type: str) -> None:
+    """Raises a ValueError naming the choices when a mean or variance type is unknown."""
+    if mean_type not in MEAN_TYPES:
+        raise ValueError(f"Unknown mean_type {mean_type!r}; choose one of {MEAN_TYPES}.")
+    if var_type not in VAR_TYPES:
+        raise ValueError(f"Unknown var_type {var_type!r}; choose one of {VAR_TYPES}.")
+
+
+def learns_variance(var_type: str) -> bool:
+    """True when the network outputs 2C channels: the mean prediction, then variance values."""
+    return var_type in ("learned", "learned_range")
+
+
+# ----------------------------------------------------------------------------- forward process
+
+
+def q_mean_variance(schedule: Schedule, x_start: jnp.ndarray, t: jnp.ndarray):
+    """q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I).
+
+    Returns (mean, variance, log_variance)."""
+    mean = _ex(schedule, "sqrt_alphas_cumprod", t, x_start) * x_start
+    variance = _ex(schedule, "sqrt_one_minus_alphas_cumprod", t, x_start) ** 2
+    log_variance = _ex(schedule, "log_one_minus_alphas_cumprod", t, x_start)
+    return mean, variance, log_variance
+
+
+def q_sample(
+    schedule: Schedule, x_start: jnp.ndarray, t: jnp.ndarray, noise: jnp.ndarray
+) -> jnp.ndarray:
+    """x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, a draw from q(x_t | x_0)."""
+    return (
+        _ex(schedule, "sqrt_alphas_cumprod", t, x_start) * x_start
+        + _ex(schedule, "sqrt_one_minus_alphas_cumprod", t, x_start) * noise
+    )
+
+
+def q_posterior_mean_variance(
+    schedule: Schedule, x_start: jnp.ndarray, x_t: jnp.ndarray, t: jnp.ndarray
+):
+    """q(x_{t-1} | x_t, x_0) = N(mu~_t, beta~_t I) with
+    mu~_t = beta_t sqrt(alpha_bar_{t-1}) / (1 - alpha_bar_t) x_0
+            + (1 - alpha_bar_{t-1}) sqrt(alpha_t) / (1 - alpha_bar_t) x_t,
+    beta~_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) beta_t.
+    Returns (mean, variance, log_variance_clipped); the log is clipped at t=0 where beta~_0 = 0."""
+    mean = (
+        _ex(schedule, "posterior_mean_coef1", t, x_t) * x_start
+        + _ex(schedule, "posterior_mean_coef2", t, x_t) * x_t
+    )
+    variance = _ex(schedule, "posterior_variance", t, x_t)
+    log_variance = _ex(schedule, "posterior_log_variance_clipped", t, x_t)
+    return mean, variance, log_variance
+
+
+# ----------------------------------------------------------------------------- parameterisations
+
+
+def predict_xstart_from_eps(schedule: Schedule, x_t, t, eps):
+    """x_0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t)."""
+    return (
+        _ex(schedule, "sqrt_recip_alphas_cumprod", t, x_t) * x_t
+        - _ex(schedule, "sqrt_recipm1_alphas_cumprod", t, x_t) * eps
+    )
+
+
+def predict_eps_from_xstart(schedule: Schedule, x_t, t, x_start):
+    """eps = (x_t / sqrt(alpha_bar_t) - x_0) / sqrt(1 / alpha_bar_t - 1)."""
+    return (_ex(schedule, "sqrt_recip_alphas_cumprod", t, x_t) * x_t - x_start) / _ex(
+        schedule, "sqrt_recipm1_alphas_cumprod", t, x_t
+    )
+
+
+def get_v(schedule: Schedule, x_start, eps, t):
+    """The velocity target (Salimans & Ho 2022):
+    v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x_0."""
+    return (
+        _ex(schedule, "sqrt_alphas_cumprod", t, x_start) * eps
+        - _ex(schedule, "sqrt_one_minus_alphas_cumprod", t, x_start) * x_start
+    )
+
+
+def predict_xstart_from_v(schedule: Schedule, x_t, t, v):
+    """x_0 = sqrt(alpha_bar_t) x_t - sqrt(1 - alpha_bar_t) v."""
+    return (
+        _ex(schedule, "sqrt_alphas_cumprod", t, x_t) * x_t
+        - _ex(schedule, "sqrt_one_minus_alphas_cumprod", t, x_t) * v
+    )
+
+
+def predict_eps_from_v(schedule: Schedule, x_t, t, v):
+    """eps = sqrt(1 - alpha_bar_t) x_t + sqrt(alpha_bar_t) v."""
+    return (
+        _ex(schedule, "sqrt_one_minus_alphas_cumprod", t, x_t) * x_t
+        + _ex(schedule, "sqrt_alphas_cumprod", t, x_t) * v
+    )
+
+
+def predict_xstart(schedule: Schedule, mean_output, x_t, t, mean_type: MeanType):
+    """x_0 implied by the mean part of the network's output under `mean_type`."""
+    if mean_type == "eps":
+        return predict_xstart_from_eps(schedule, x_t, t, mean_output)
+    if mean_type == "x0":
+        return mean_output
+    if mean_type == "v":
+        return predict_xstart_from_v(schedule, x_t, t, mean_output)
+    raise ValueError(f"Unknown mean_type {mean_type!r}; choose one of {MEAN_TYPES}.")
+
+
+def training_target(schedule: Schedule, x_start, noise, t, mean_type: MeanType):
+    """What the network regresses onto under `mean_type`: eps, x_0 or v."""
+    if mean_type == "eps":
+        return noise
+    if mean_type == "x0":
+        return x_start
+    if mean_type == "v":
+        return get_v(schedule, x_start, noise, t)
+    raise ValueError(f"Unknown mean_type {mean_type!r}; choose one of {MEAN_TYPES}.")
+
+
+# ----------------------------------------------------------------------------- reverse process
+
+
+def split_output(model_output: jnp.ndarray, x_t: jnp.ndarray, var_type: VarType):
+    """Splits a learned-variance output [..., 2C] into (mean part, variance values), each [..., C];
+    returns (model_output, None) for fixed variances. Checks the channel count either way."""
+    channels = x_t.shape[-1]
+    if learns_variance(var_type):
+        if model_output.shape[-1] != 2 * channels:
+            raise ValueError(
+                f"var_type={var_type!r} needs a network output of 2C={2 * channels} channels "
+                f"(mean, then variance values), got {model_output.shape[-1]}: build the model with "
+                "a learned-variance head."
+            )
+        return model_output[..., :channels], model_output[..., channels:]
+    if model_output.shape[-1] != channels:
+        raise ValueError(
+            f"var_type={var_type!r} needs a network output of C={channels} channels, got "
+            f"{model_output.shape[-1]}."
+        )
+    return model_output, None
+
+
+def p_mean_variance(
+    schedule: Schedule,
+    model_output: jnp.ndarray,
+    x_t: jnp.ndarray,
+    t: jnp.ndarray,
+    *,
+    mean_type: MeanType = "eps",
+    var_type: VarType = "fixed_small",
+    clip_denoised: bool = True,
+    denoised_fn=None,
+) -> dict[str, jnp.ndarray]:
+    """p(x_{t-1} | x_t) = N(mu_theta(x_t, t), Sigma_theta(x_t, t)) from the network's output.
+
+    The mean is the posterior mean mu~_t(x_0_hat, x_t) at the predicted x_0_hat, which is clipped to
+    [-1, 1] when `clip_denoised` (after `denoised_fn`, if given). Variances:
+      fixed_small:   beta~_t (the posterior variance; log clipped at t=0),
+      fixed_large:   beta_t, with beta~_1 at t=0 (as the reference code does),
+      learned:       exp(v), v the network's log-variance output,
+      learned_range: exp(f log beta_t + (1 - f) log beta~_t), f = (v + 1) / 2 (Nichol & Dhariwal).
+    Returns a dict of mean, variance, log_variance and pred_xstart, each shaped like x_t.
+    """
+    check_types(mean_type, var_type)
+    mean_output, var_values = split_output(model_output, x_t, var_type)
+
+    if var_type == "learned":
+        log_variance = var_values
+        variance = jnp.exp(log_variance)
+    elif var_type == "learned_range":
+        min_log = _ex(schedule, "posterior_log_variance_clipped", t, x_t)
+        max_log = _ex(schedule, "log_betas", t, x_t)
+        frac = (var_values + 1.0) / 2.0
+        log_variance = frac * max_log + (1.0 - frac) * min_log
+        variance = jnp.exp(log_variance)
+    else:
+        var_name, log_name = {
+            "fixed_small": ("posterior_variance", "posterior_log_variance_clipped"),
+            "fixed_large": ("fixed_large_variance", "fixed_large_log_variance"),
+        }[var_type]
+        variance = jnp.broadcast_to(_ex(schedule, var_name, t, x_t), x_t.shape)
+        log_variance = jnp.broadcast_to(_ex(schedule, log_name, t, x_t), x_t.shape)
+
+    pred_xstart = predict_xstart(schedule, mean_output, x_t, t, mean_type)
+    if denoised_fn is not None:
+        pred_xstart = denoised_fn(pred_xstart)
+    if clip_denoised:
+        pred_xstart = jnp.clip(pred_xstart, -1.0, 1.0)
+    mean, _, _ = q_posterior_mean_variance(schedule, pred_xstart, x_t, t)
+    return {
+        "mean": mean,
+        "variance": variance,
+        "log_variance": log_variance,
+        "pred_xstart": pred_xstart,
+    }
+
+
+def p_sample(
+    schedule: Schedule, out: dict[str, jnp.ndarray], t: jnp.ndarray, noise: jnp.ndarray
+) -> jnp.ndarray:
+    """One ancestral step x_{t-1} = mu + exp(log_variance / 2) noise, with no noise at t=0.
+
+    `out` is what `p_mean_variance` returns for (x_t, t)."""
+    nonzero = (jnp.asarray(t) != 0).astype(noise.dtype)
+    nonzero = nonzero.reshape(nonzero.shape + (1,) * (noise.ndim - nonzero.ndim))
+    return out["mean"] + nonzero * jnp.exp(0.5 * out["log_variance"]) * noise
+
+
+def model_timesteps(schedule: Schedule, t: jnp.ndarray) -> jnp.ndarray:
+    """The time input for the network at step t: the original step for a respaced schedule."""
+    return schedule.timestep_map[t]

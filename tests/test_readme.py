@@ -1,0 +1,19 @@
+"""The README's Quickstart and CI run the same commands, so a green CI means the README works."""
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _ci_command(name: str) -> str:
+    match = re.search(rf"^{name}='(.+)'$", (ROOT / ".ci" / "run").read_text(), re.MULTILINE)
+    assert match, f"{name} not found in .ci/run"
+    return match.group(1)
+
+
+def test_ci_runs_the_readme_install_and_test_commands():
+    quickstart = (ROOT / "README.md").read_text().split("## Quickstart", 1)[1].split("##", 1)[0]
+    lines = [line.strip() for line in quickstart.splitlines()]
+    assert _ci_command("INSTALL_CMD") in lines
+    assert _ci_command("TEST_CMD") in lines
