@@ -1,5 +1,6 @@
 import math
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -226,3 +227,43 @@ def test_calc_bpd_loop_is_the_sum_of_per_t_terms_indexed_by_t():
         np.testing.assert_allclose(
             out["mse"][:, t], jnp.mean((eps - noise) ** 2, axis=(1, 2, 3)), rtol=1e-4
         )
+
+
+def test_hybrid_loss_trains_the_unet_end_to_end():
+    from diffusion_jax.models import UNet, make_apply_fn
+
+    model = UNet(
+        ch=32,
+        ch_mult=(1,),
+        num_res_blocks=1,
+        attn_resolutions=(),
+        dropout=0.1,
+        learned_variance=True,
+    )
+    sched = schedules.make_schedule("cosine", 100)
+    x0 = jax.random.uniform(jax.random.key(6), (2, 8, 8, 3), minval=-1, maxval=1)
+    t = jnp.array([0, 57])
+    params = model.init(jax.random.key(7), x0, t)["params"]
+    apply_fn = make_apply_fn(model)
+    noise = jax.random.normal(jax.random.key(8), x0.shape)
+
+    @jax.jit
+    def loss(p):
+        terms = losses.training_losses(
+            apply_fn,
+            p,
+            sched,
+            x0,
+            t,
+            noise,
+            rng=jax.random.key(9),
+            loss_type="hybrid",
+            var_type="learned_range",
+        )
+        return jnp.mean(terms["loss"])
+
+    value, grads = jax.value_and_grad(loss)(params)
+    assert bool(jnp.isfinite(value)) and float(value) > 0
+    chex.assert_tree_all_finite(grads)
+    chex.assert_trees_all_equal_shapes(grads, params)
+    assert float(jnp.abs(grads["conv_out"]["kernel"]).max()) > 0

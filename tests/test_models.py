@@ -149,6 +149,9 @@ def test_architecture_options(overrides, has_attn, has_resamp_conv):
     model = UNet(**{**TINY, **overrides})
     params = _init(model)
     assert ("down_1_attn_0" in params) == has_attn
+    # attention follows every block at the 8x8 level, decoder included, and none at 16x16
+    attn = sorted(name for name in params if "_attn_" in name and not name.startswith("mid"))
+    assert attn == (["down_1_attn_0", "up_1_attn_0", "up_1_attn_1"] if has_attn else [])
     assert "mid_attn_1" in params  # the middle always attends
     assert ("down_0_downsample" in params) == has_resamp_conv
     assert ("up_1_upsample" in params) == has_resamp_conv

@@ -17,3 +17,15 @@ def test_ci_runs_the_readme_install_and_test_commands():
     lines = [line.strip() for line in quickstart.splitlines()]
     assert _ci_command("INSTALL_CMD") in lines
     assert _ci_command("TEST_CMD") in lines
+
+
+def test_readme_python_example_runs():
+    """Executes the README's Python example, so that what it shows stays true."""
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.DOTALL)
+    assert blocks, "the README should show the library in a Python example"
+    namespace: dict = {}
+    exec(compile(blocks[0], "README.md", "exec"), namespace)
+    total = namespace["bpd"]["total_bpd"]
+    assert total.shape == (4,) and bool((total > 0).all())
+    assert float(namespace["loss"]) > 0
