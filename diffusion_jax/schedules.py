@@ -229,7 +229,12 @@ def space_timesteps(num_timesteps: int, section_counts: str | int | Sequence[int
         if size < count:
             raise ValueError(f"Cannot take {count} steps from a section of {size} steps.")
         stride = 1.0 if count <= 1 else (size - 1) / (count - 1)
-        kept.extend(start + round(j * stride) for j in range(count))
+        # A running float sum, not round(j * stride): where j * stride is a half-integer the
+        # accumulated rounding decides the tie, and this picks the same steps as the reference.
+        position = 0.0
+        for _ in range(count):
+            kept.append(start + round(position))
+            position += stride
         start += size
     return sorted(set(kept))
 

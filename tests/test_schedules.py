@@ -96,6 +96,11 @@ def test_space_timesteps_ddim_and_sections():
     assert second[0] == 100 and second[-1] == 199
     assert third[0] == 200 and third[-1] == 299
     assert schedules.space_timesteps(1000, 10) == schedules.space_timesteps(1000, "10")
+    # ties (j * stride a half-integer) fall where improved-diffusion's running sum puts them
+    assert 25 in schedules.space_timesteps(50, "25") and 24 not in schedules.space_timesteps(
+        50, "25"
+    )
+    assert 499 in schedules.space_timesteps(1000, "21")
     # uneven split: the first sections get the extra step
     assert schedules.space_timesteps(10, [1, 1, 1]) == [0, 4, 7]
 
