@@ -1,22 +1,129 @@
-"""The `diffusion-jax` command line.
+"""The `diffusion-jax` command line (also `python -m diffusion_jax`).
 
-    diffusion-jax --help
-    diffusion-jax info                      # versions, devices, and the U-Net presets' sizes
+    diffusion-jax train --config experiments/configs/digits.py --workdir runs/digits \\
+        --config.training.batch_size=64           # any config key, as ml_collections overrides
+    diffusion-jax prepare-data cifar10 [--data_dir DIR]
+    diffusion-jax info --presets cifar10 lsun256
 
-Training, sampling and evaluation subcommands arrive with those modules; the entry point stays thin
-and calls library functions.
+The entry point stays thin: it parses flags and calls `train.train`, `data.prepare_data`, ...
+Configs are locked before overrides apply, so a mistyped key fails and names the nearest keys.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 
 from diffusion_jax import __version__
 from diffusion_jax.models.unet import PRESET_IMAGE_SIZES
 
+COMMANDS = {
+    "train": "train a model from a config file (absl/ml_collections flags)",
+    "prepare-data": "download and prepare a TFDS dataset in the array_record format",
+    "info": "print versions, devices and U-Net preset sizes",
+}
 
-def _info(args: argparse.Namespace) -> int:
+
+class UsageError(SystemExit):
+    """A mistake on the command line: the message says what to change."""
+
+    def __init__(self, message: str):
+        super().__init__(f"diffusion-jax: error: {message}")
+
+
+def _load_config_file(path: str):
+    spec = importlib.util.spec_from_file_location("_diffusion_jax_config", path)
+    if spec is None or spec.loader is None:
+        raise UsageError(f"cannot load the config file {path!r}.")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def parse_train_flags(argv: list[str]):
+    """(config, workdir) from `train` arguments; a mistyped key names the nearest keys."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    argv = ["diffusion-jax train", *argv]
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file(
+        "config", None, "experiment config file", flag_values=fv, lock_config=True, sys_argv=argv
+    )
+    flags.DEFINE_string(
+        "workdir", None, "directory for checkpoints, logs and samples", flag_values=fv
+    )
+    try:
+        fv(argv)
+    except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:
+        raise UsageError(_explain_flag_error(argv, e)) from None
+    if fv.config is None or not fv.workdir:
+        raise UsageError(
+            "train needs --config FILE and --workdir DIR, e.g. diffusion-jax train "
+            "--config experiments/configs/digits.py --workdir runs/digits"
+        )
+    return fv.config, fv.workdir
+
+
+def _explain_flag_error(argv: list[str], error: Exception) -> str:
+    """The flag parser's complaint, and for a mistyped config key the nearest real keys."""
+    from diffusion_jax.config import flatten_keys, nearest_keys
+
+    path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    if path is None and "--config" in argv[:-1]:
+        path = argv[argv.index("--config") + 1]
+    if path is None:
+        return str(error)
+    config = _load_config_file(path)
+    known = set(flatten_keys(config))
+    for arg in argv:
+        if arg.startswith("--config."):
+            key = arg[len("--config.") :].split("=", 1)[0]
+            if key not in known:
+                near = ", ".join(f"config.{k}" for k in nearest_keys(config, key))
+                return (
+                    f"{path} has no key config.{key} (configs are locked, so a typo cannot add "
+                    f"one). Nearest keys: {near or 'none'}."
+                )
+    return f"bad flag value: {error}"
+
+
+def _train(argv: list[str]) -> int:
+    config, workdir = parse_train_flags(argv)
+    from diffusion_jax import train
+
+    train.train(config, workdir)
+    return 0
+
+
+def _prepare_data(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="diffusion-jax prepare-data")
+    parser.add_argument("name", help="TFDS dataset, e.g. cifar10, celeb_a_hq, lsun/church_outdoor")
+    parser.add_argument(
+        "--data_dir", default="", help="TFDS data_dir (default ~/tensorflow_datasets)"
+    )
+    parser.add_argument(
+        "--manual_dir", default="", help="where manually downloaded files are (celeb_a_hq)"
+    )
+    args = parser.parse_args(argv)
+    from diffusion_jax import data
+
+    path = data.prepare_data(args.name, data_dir=args.data_dir, manual_dir=args.manual_dir)
+    print(f"Prepared {args.name} in {path}")
+    return 0
+
+
+def _info(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="diffusion-jax info")
+    parser.add_argument(
+        "--presets",
+        nargs="*",
+        default=["cifar10"],
+        choices=sorted(PRESET_IMAGE_SIZES),
+        help="U-Net presets whose parameters to count (without compiling)",
+    )
+    args = parser.parse_args(argv)
     import jax
 
     from diffusion_jax.models import count_params, ddpm_unet
@@ -30,32 +137,45 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="diffusion-jax",
-        description="Denoising diffusion probabilistic models in JAX/Flax.",
-    )
-    parser.add_argument("--version", action="version", version=f"diffusion_jax {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    info = sub.add_parser("info", help="print versions, devices and U-Net preset sizes")
-    info.add_argument(
-        "--presets",
-        nargs="*",
-        default=["cifar10"],
-        choices=sorted(PRESET_IMAGE_SIZES),
-        help="U-Net presets whose parameters to count (without compiling)",
-    )
-    info.set_defaults(func=_info)
-    return parser
+def _usage() -> str:
+    lines = ["usage: diffusion-jax [--version] COMMAND [ARGS]", "", "commands:"]
+    lines += [f"  {name:<14}{text}" for name, text in COMMANDS.items()]
+    lines += ["", "Run `diffusion-jax COMMAND --help` for a command's flags."]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
         return 0
-    return args.func(args)
+    if argv[0] == "--version":
+        print(f"diffusion_jax {__version__}")
+        return 0
+    command, rest = argv[0], argv[1:]
+    handlers = {"train": _train, "prepare-data": _prepare_data, "info": _info}
+    if command not in handlers:
+        raise UsageError(f"unknown command {command!r}.\n{_usage()}")
+    from diffusion_jax.checkpoint import CheckpointError
+    from diffusion_jax.data_sources import (
+        DataPreparationError,
+        DatasetNotFoundError,
+        ImageDecodeError,
+    )
+    from diffusion_jax.train import NonFiniteError
+
+    try:
+        return handlers[command](rest)
+    except (
+        CheckpointError,
+        DatasetNotFoundError,
+        DataPreparationError,
+        ImageDecodeError,
+        NonFiniteError,
+    ) as e:
+        # Errors that explain themselves: their message, without a traceback.
+        print(f"diffusion-jax {command}: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,0 +1,446 @@
+"""Checkpoints of a run: the TrainState, the config and the data iterator, through orbax.
+
+    with checkpoint.Checkpointer(workdir, save_every=10_000, keep=3, keep_every=100_000) as ckpt:
+        if ckpt.latest_step() is not None:
+            state, saved = ckpt.restore(abstract_state, data_iter)   # abstract: ShapeDtypeStructs
+            if diffs := checkpoint.config_mismatch(saved, config):   #   with .sharding set
+                raise checkpoint.CheckpointError("; ".join(diffs))
+        with checkpoint.PreemptionGuard() as guard:
+            for step in ...:
+                state = train_step(state, next(data_iter))
+                ckpt.save(step, state, config, data_iter, force=guard.requested)
+                if guard.requested:
+                    break
+
+Checkpoints live in `workdir/checkpoints/<step>/{state,config,data}`. A step is saved when it is a
+multiple of `save_every` (or with `force=True`, or at a multi-host preemption sync point); the
+last `keep` saved steps are kept, and every step that is a multiple of `keep_every` is kept
+forever. Saves are asynchronous by default: `save` returns once the arrays are copied to host
+memory, and `wait()` / `close()` block until they are on disk.
+
+Guarantees worth knowing:
+- `save` refuses a state with a NaN or Inf anywhere (it raises and writes nothing), so a diverged
+  run never buries its last good checkpoint.
+- `restore` reshards onto whatever shardings `abstract_state` carries, so a run saved on 8 devices
+  resumes on 1 or 4. Its tree is checked against the saved one first, and a checkpoint of a
+  different model is reported by leaf path and shape.
+- A save killed midway leaves `<step>.orbax-checkpoint-tmp*`, which orbax never lists and which
+  is deleted when the next Checkpointer opens the directory. A step directory without orbax's step
+  metadata (a partial copy) is renamed to `<step>.incomplete` so that it is neither resumed from
+  nor blocks later saves of the same step.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import signal
+import threading
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import grain.checkpoint as grain_checkpoint
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+from jax.experimental import multihost_utils
+from orbax.checkpoint import checkpoint_managers as policies
+
+log = logging.getLogger(__name__)
+
+# Written into every step directory before orbax commits it (rename or commit file); a step
+# directory without either was not written by a completed save.
+_STEP_MARKERS = ("_CHECKPOINT_METADATA", "commit_success.txt")
+
+# Keys of model.* / diffusion.* that may change between a run and its resumption: they do not
+# change the parameters' shapes or what the network predicts.
+RESUMABLE_KEYS = frozenset(
+    {"model.dropout", "model.dtype", "diffusion.loss_type", "diffusion.timestep_sampler",
+     "diffusion.class_drop_prob"}
+)  # fmt: skip
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be written or read; the message says which one and what to do."""
+
+
+class Checkpointer:
+    """Saves and restores (TrainState, config, data iterator) under `workdir/checkpoints`.
+
+    Args:
+      workdir: the run directory (a local path or anything `etils.epath` opens, e.g. gs://).
+      save_every: `save(step, ...)` writes when step % save_every == 0.
+      keep: how many of the most recent checkpoints to keep; None keeps all.
+      keep_every: also keep every checkpoint whose step is a multiple of this, forever (0: none).
+      async_save: write in a background thread (call `wait()` or `close()` before reading).
+      read_only: only restore (e.g. to sample from a run that may still be training): leaves
+        temporary and incomplete directories alone, since they may be a save in progress.
+    """
+
+    def __init__(
+        self,
+        workdir: str | os.PathLike,
+        *,
+        save_every: int = 1,
+        keep: int | None = None,
+        keep_every: int = 0,
+        async_save: bool = True,
+        read_only: bool = False,
+    ):
+        if save_every < 1:
+            raise ValueError(f"save_every must be >= 1, got {save_every}.")
+        if keep is not None and keep < 1:
+            raise ValueError(f"keep must be >= 1 (or None to keep every checkpoint), got {keep}.")
+        workdir = str(workdir)
+        if "://" not in workdir:
+            workdir = os.path.abspath(workdir)  # orbax wants absolute paths
+        self.directory = epath.Path(workdir) / "checkpoints"
+        self.read_only = read_only
+        if jax.process_index() == 0 and not read_only:
+            _quarantine_incomplete_steps(self.directory)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("diffusion_jax.checkpoint:quarantine")
+
+        preserve = [policies.LatestN(n=keep)]
+        if keep_every:
+            preserve.append(policies.EveryNSteps(interval_steps=keep_every))
+        options = ocp.CheckpointManagerOptions(
+            # The policies replace the deprecated max_to_keep / keep_period / save_interval_steps
+            # options, and leave out orbax's default InitialSavePolicy (which would also save the
+            # first step of a fresh run whatever save_every says).
+            save_decision_policy=policies.AnySavePolicy(
+                [policies.FixedIntervalPolicy(save_every), policies.PreemptionCheckpointingPolicy()]
+            ),
+            preservation_policy=policies.AnyPreservationPolicy(preserve),
+            enable_async_checkpointing=async_save,
+            cleanup_tmp_directories=not read_only,
+            read_only=read_only,
+        )
+        # Explicit handlers, so that item_metadata() can read a step before anything is restored.
+        handlers = {
+            "state": ocp.StandardCheckpointHandler(),
+            "config": ocp.JsonCheckpointHandler(),
+            "data": grain_checkpoint.CheckpointHandler(),
+        }
+        self._manager = ocp.CheckpointManager(
+            self.directory, options=options, item_handlers=handlers
+        )
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def save(
+        self,
+        step: int,
+        state: Any,
+        config: Any,
+        data_iterator: Any = None,
+        *,
+        force: bool = False,
+    ) -> bool:
+        """Saves `state` (a pytree of arrays), `config` (a ConfigDict or dict) and the position
+        of `data_iterator` (a grain iterator) as `step`, if step % save_every == 0 or `force`.
+
+        Returns whether a save was started. A step that is already saved is not saved again
+        (returns False), so a forced save at the end may follow an interval save of the same step.
+        Raises CheckpointError, writing nothing, if any floating-point leaf is not finite.
+        """
+        step = int(step)
+        if self.read_only:
+            raise CheckpointError(f"{self.directory} was opened read-only; it cannot save.")
+        if step in self._manager.all_steps():
+            return False
+        if not force and not self._manager.should_save(step):
+            return False
+        bad = _nonfinite_leaves(state)
+        if bad:
+            shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+            raise CheckpointError(
+                f"Refusing to save step {step}: the state has NaN or Inf values in {shown}. The "
+                f"checkpoints in {self.directory} (latest: {self._manager.latest_step()}) are "
+                "kept; resume with a lower learning rate, or check the data."
+            )
+        config_dict = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+        items = {
+            "state": ocp.args.StandardSave(state),
+            # Through JSON text so that tuples become lists, as they come back from disk.
+            "config": ocp.args.JsonSave(json.loads(json.dumps(config_dict))),
+        }
+        if data_iterator is not None:
+            items["data"] = grain_checkpoint.CheckpointSave(data_iterator)
+        return self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+
+    def wait(self) -> None:
+        """Blocks until every started save is on disk (and old ones are deleted)."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        """Waits for pending saves and releases orbax's threads."""
+        self._manager.close()
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def all_steps(self) -> list[int]:
+        """The saved steps, ascending (including one still being written asynchronously)."""
+        return sorted(self._manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        """The most recent saved step, or None in a fresh directory."""
+        return self._manager.latest_step()
+
+    def restore_config(self, step: int | None = None) -> dict:
+        """The config dict saved with `step` (default: the latest), without touching the state."""
+        step = self._resolve_step(step)
+        return self._read(step, {"config": ocp.args.JsonRestore()})["config"]
+
+    def restore(
+        self, abstract_state: Any, data_iterator: Any = None, step: int | None = None
+    ) -> tuple[Any, dict]:
+        """Restores `step` (default: the latest) as (state, config dict).
+
+        `abstract_state` is the state's tree of `jax.ShapeDtypeStruct`s (`jax.eval_shape` of the
+        init function) whose `.sharding` says where each array goes; leaves without one are
+        replicated over all devices. Arrays are cast to its dtypes. If `data_iterator` is given,
+        its position is set in place to the saved one.
+        """
+        self.wait()  # a step still being written asynchronously cannot be read yet
+        step = self._resolve_step(step)
+        self._check_tree(step, abstract_state)
+        target = jax.tree.map(_with_sharding, abstract_state)
+        items = {"state": ocp.args.StandardRestore(target), "config": ocp.args.JsonRestore()}
+        if data_iterator is not None:
+            if not (self._step_dir(step) / "data").exists():
+                raise CheckpointError(
+                    f"Checkpoint {self._step_dir(step)} has no data-iterator position; restore "
+                    "with data_iterator=None to start the data from the beginning."
+                )
+            items["data"] = grain_checkpoint.CheckpointRestore(data_iterator)
+        restored = self._read(step, items)
+        return restored["state"], restored["config"]
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _step_dir(self, step: int) -> epath.Path:
+        return self.directory / str(step)
+
+    def _resolve_step(self, step: int | None) -> int:
+        steps = self.all_steps()
+        if step is None:
+            if not steps:
+                raise CheckpointError(f"No checkpoint in {self.directory}.")
+            return steps[-1]
+        if int(step) not in steps:
+            raise CheckpointError(
+                f"No checkpoint for step {step} in {self.directory}; saved steps: {steps}."
+            )
+        return int(step)
+
+    def _read(self, step: int, items: dict) -> dict:
+        try:
+            return self._manager.restore(step, args=ocp.args.Composite(**items))
+        except CheckpointError:
+            raise
+        except Exception as e:
+            raise CheckpointError(self._unreadable(step, e)) from e
+
+    def _unreadable(self, step: int, e: Exception) -> str:
+        earlier = [s for s in self.all_steps() if s < step]
+        hint = f"restore an earlier step (step=..., saved: {earlier})" if earlier else "start over"
+        detail = str(e).split(" [tensorstore_spec=")[0]  # the spec is a page of JSON
+        detail = detail if len(detail) < 400 else detail[:400] + "..."
+        return (
+            f"Could not read checkpoint {self._step_dir(step)}: {type(e).__name__}: {detail}. Its "
+            "files are truncated or corrupted (an interrupted copy, a full disk?): delete that "
+            f"directory or {hint}."
+        )
+
+    def _check_tree(self, step: int, abstract_state: Any) -> None:
+        """Compares leaf paths and shapes with the saved tree, before orbax sees them."""
+        try:
+            saved = self._manager.item_metadata(step)["state"]
+        except Exception as e:
+            raise CheckpointError(self._unreadable(step, e)) from e
+        if saved is None:
+            raise CheckpointError(self._unreadable(step, ValueError("no 'state' item")))
+        saved = _shapes_by_path(getattr(saved, "tree", saved))
+        expected = _shapes_by_path(abstract_state)
+        diffs = [
+            f"{path}: saved shape {saved[path]}, expected {shape}"
+            for path, shape in expected.items()
+            if path in saved and saved[path] != shape
+        ]
+        diffs += [f"{path}: not in the checkpoint" for path in expected if path not in saved]
+        diffs += [f"{path}: in the checkpoint only" for path in saved if path not in expected]
+        if diffs:
+            shown = "; ".join(diffs[:6]) + (
+                f"; and {len(diffs) - 6} more" if len(diffs) > 6 else ""
+            )
+            raise CheckpointError(
+                f"Checkpoint {self._step_dir(step)} holds a different model: {shown}. Use a "
+                "fresh --workdir, or the config that run was trained with (saved in "
+                f"{self._step_dir(step) / 'config'})."
+            )
+
+
+def config_mismatch(
+    saved_config: Mapping, config: Any, *, ignore: Iterable[str] = RESUMABLE_KEYS
+) -> list[str]:
+    """The model.* and diffusion.* keys whose values differ, as readable lines.
+
+    `saved_config` is the dict `restore` returns; `config` the run's ConfigDict (or dict). Keys
+    in `ignore` (by default dropout, compute dtype and the loss / timestep-sampling choices) may
+    change on resumption. An empty list means the checkpoint is of the same model.
+    """
+    current = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    current = json.loads(json.dumps(current))  # tuples -> lists, as in the saved JSON
+    ignore = set(ignore)
+    lines = []
+    for section in ("model", "diffusion"):
+        old = _flatten(saved_config.get(section, {}), section)
+        new = _flatten(current.get(section, {}), section)
+        for key in sorted(old.keys() | new.keys()):
+            if key not in ignore and old.get(key, _ABSENT) != new.get(key, _ABSENT):
+                lines.append(
+                    f"{key}: checkpoint {old.get(key, _ABSENT)!r}, config {new.get(key, _ABSENT)!r}"
+                )
+    return lines
+
+
+class PreemptionGuard:
+    """Turns SIGTERM into a flag: `guard.requested` becomes True and the process lives on.
+
+        with PreemptionGuard() as guard:
+            for step in ...:
+                ...
+                if guard.should_stop(step):
+                    ckpt.save(step, state, config, it, force=True)
+                    break
+
+    The previous handlers are restored on exit. Signal handlers can only be installed from the
+    main thread; elsewhere the guard logs a warning and never fires. With several JAX processes,
+    `should_stop(step)` asks JAX's preemption service instead (all processes must call it at the
+    same steps, and then agree on the step to stop at; needs `jax.distributed.initialize()`);
+    the service handles SIGTERM itself, so no handler is installed then.
+    """
+
+    def __init__(self, signals: Iterable[int] = (signal.SIGTERM,)):
+        self.signals = tuple(signals)
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum, frame) -> None:
+        del frame
+        self.requested = True
+        log.warning("Received %s: will save a checkpoint and stop.", signal.Signals(signum).name)
+
+    def should_stop(self, step: int) -> bool:
+        if jax.process_count() > 1:
+            try:
+                self.requested |= multihost_utils.reached_preemption_sync_point(int(step))
+            except RuntimeError:  # the preemption service is not running
+                pass
+        return self.requested
+
+    def __enter__(self) -> PreemptionGuard:
+        if jax.process_count() > 1:
+            return self
+        if threading.current_thread() is not threading.main_thread():
+            log.warning("PreemptionGuard outside the main thread: SIGTERM is not intercepted.")
+            return self
+        for sig in self.signals:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+class _Absent:
+    def __repr__(self) -> str:
+        return "(absent)"
+
+
+_ABSENT = _Absent()
+
+
+def _flatten(tree: Mapping, prefix: str) -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, f"{prefix}.{key}"))
+        else:
+            out[f"{prefix}.{key}"] = value
+    return out
+
+
+def _key_name(key) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+def _shapes_by_path(tree: Any) -> dict[str, tuple]:
+    """{'params/conv/kernel': shape}: the same string for a TrainState and orbax's metadata tree
+    (which stores dataclasses and named tuples as dicts, tuples as lists, empty nodes as None)."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return {
+        "/".join(_key_name(k) for k in path): tuple(getattr(leaf, "shape", ()))
+        for path, leaf in flat
+    }
+
+
+@jax.jit
+def _all_finite(leaves: list) -> jax.Array:
+    return jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])  # [num_float_leaves] bool
+
+
+def _nonfinite_leaves(state: Any) -> list[str]:
+    flat, _ = jax.tree_util.tree_flatten_with_path(state)
+    floats = [(p, x) for p, x in flat if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+    if not floats:
+        return []
+    # One jitted reduction for the whole tree; its small output is replicated, so it can be read
+    # on every host even when the state is sharded across hosts.
+    finite = np.asarray(_all_finite([x for _, x in floats]))
+    return [
+        "/".join(_key_name(k) for k in p)
+        for (p, _), ok in zip(floats, finite, strict=True)
+        if not ok
+    ]
+
+
+def _with_sharding(leaf: Any) -> Any:
+    if isinstance(leaf, jax.ShapeDtypeStruct) and leaf.sharding is None:
+        mesh = jax.sharding.Mesh(np.array(jax.devices()), ("all",))
+        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=replicated)
+    return leaf
+
+
+def _quarantine_incomplete_steps(directory: epath.Path) -> None:
+    """Renames step directories that no completed save wrote, out of orbax's sight."""
+    if not directory.exists():
+        return
+    for path in directory.iterdir():
+        if re.fullmatch(r"\d+", path.name) and path.is_dir():
+            if not any((path / marker).exists() for marker in _STEP_MARKERS):
+                target, n = path.parent / f"{path.name}.incomplete", 1
+                while target.exists():
+                    target, n = path.parent / f"{path.name}.incomplete-{n}", n + 1
+                log.warning("Checkpoint %s is incomplete; moving it to %s.", path, target)
+                path.rename(target)

@@ -1,0 +1,1 @@
+"""Evaluation of generative models. `two_sample`: kernel MMD two-sample tests."""

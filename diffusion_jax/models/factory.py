@@ -1,0 +1,54 @@
+"""Builds the network a config names: `model = create_model(config, example_shape)`.
+
+model = create_model(config, (32, 32, 3))     # the DDPM U-Net of config.model
+model = create_model(config, (2,))            # config.model.name == "mlp": the toy MLP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from diffusion_jax.diffusion import learns_variance
+from diffusion_jax.models.mlp import MLPDenoiser
+from diffusion_jax.models.unet import UNet
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def create_model(config, example_shape: Sequence[int]) -> nn.Module:
+    """The Flax module of `config.model`, with the output width `config.diffusion` needs."""
+    m = config.model
+    num_classes = int(m.num_classes) or None
+    learned = learns_variance(config.diffusion.var_type)
+    if m.dtype not in _DTYPES:
+        raise ValueError(f"model.dtype must be one of {sorted(_DTYPES)}, got {m.dtype!r}.")
+    if m.name == "unet":
+        if len(example_shape) != 3:
+            raise ValueError(
+                f"model.name='unet' needs images [H, W, C], but the data are "
+                f"{tuple(example_shape)}: use model.name='mlp' for vector data."
+            )
+        return UNet(
+            ch=m.ch,
+            ch_mult=tuple(m.ch_mult),
+            num_res_blocks=m.num_res_blocks,
+            attn_resolutions=tuple(m.attn_resolutions),
+            dropout=m.dropout,
+            num_classes=num_classes,
+            learned_variance=learned,
+            dtype=_DTYPES[m.dtype],
+            resamp_with_conv=m.resamp_with_conv,
+        )
+    if m.name == "mlp":
+        dim = int(example_shape[-1])
+        return MLPDenoiser(
+            hidden=m.mlp_hidden,
+            num_layers=m.mlp_layers,
+            num_classes=num_classes,
+            out_dim=2 * dim if learned else dim,
+            dropout=m.dropout,
+        )
+    raise ValueError(f"Unknown model.name {m.name!r}; choose 'unet' or 'mlp'.")

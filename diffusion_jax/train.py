@@ -1,0 +1,398 @@
+"""Training: the pure, data-parallel train step and the loop around it.
+
+    from diffusion_jax import train
+    train.train(config, "runs/cifar10")         # resumes from runs/cifar10/checkpoints if present
+
+    step_fn = train.make_train_step(apply_fn, tx, lr_fn, schedule, config, num_classes=0)
+    state, metrics = step_fn(state, {"image": x0})          # pure: jit it, shard it, test it
+
+The step draws every random number from fold_in(state.rng, state.step), split once per purpose
+(timesteps, noise, dropout, label dropping), so a run restarted from a checkpoint replays the same
+numbers, and the global batch gives the same update on 1 device or 8. It is jitted with the
+state replicated, the batch split along the mesh's 'data' axis and the state donated.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from diffusion_jax import checkpoint, data, images, losses, parallel, sampling, schedules
+from diffusion_jax import timestep_sampling as ts
+from diffusion_jax.models import make_apply_fn
+from diffusion_jax.models.factory import create_model
+from diffusion_jax.train_state import (
+    TrainState,
+    create_train_state,
+    ema_decay,
+    make_optimizer,
+    update_ema,
+)
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteError(FloatingPointError):
+    """The loss or gradient stopped being finite; the run stops and keeps its last checkpoint."""
+
+
+# ----------------------------------------------------------------------------- the step
+
+
+def _split_micro(x: jax.Array, accum: int) -> jax.Array:
+    """[B, ...] -> [accum, B / accum, ...], micro-batch i = rows i, i + accum, ...
+
+    Taking every accum-th row keeps each device's rows on that device when B is sharded."""
+    return jnp.swapaxes(x.reshape(x.shape[0] // accum, accum, *x.shape[1:]), 0, 1)
+
+
+def make_train_step(
+    apply_fn: Callable,
+    tx: optax.GradientTransformation,
+    lr_fn: Callable,
+    schedule: schedules.Schedule,
+    config,
+    *,
+    num_classes: int = 0,
+) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+    """`train_step(state, batch) -> (state, metrics)` for `config.diffusion` and `config.training`.
+
+    batch: {"image": [B, ...] in [-1, 1], "label": [B] int (class-conditional models only)}.
+    A step whose loss or gradient is not finite leaves params, EMA and optimizer untouched and
+    counts in `state.skipped`; with training.on_nonfinite == "error" every later step is frozen
+    too, and the loop raises naming the step."""
+    d, tr = config.diffusion, config.training
+    accum = int(tr.grad_accum_steps)
+    importance = d.timestep_sampler == "importance"
+    if d.timestep_sampler not in ("uniform", "importance"):
+        raise ValueError(
+            f"diffusion.timestep_sampler must be 'uniform' or 'importance', got "
+            f"{d.timestep_sampler!r}."
+        )
+    if tr.on_nonfinite not in ("error", "skip"):
+        raise ValueError(
+            f"training.on_nonfinite must be 'error' or 'skip', got {tr.on_nonfinite!r}."
+        )
+    loss_kw = dict(loss_type=d.loss_type, mean_type=d.mean_type, var_type=d.var_type)
+
+    def loss_fn(params, x0, y, t, weights, noise, key):
+        terms = losses.training_losses(
+            apply_fn, params, schedule, x0, t, noise, y=y, rng=key, train=True, **loss_kw
+        )
+        return jnp.mean(terms["loss"] * weights), terms
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        keys = jax.random.split(jax.random.fold_in(state.rng, state.step), 4)
+        k_t, k_noise, k_drop, k_label = keys
+        x0 = batch["image"]
+        b = x0.shape[0]
+        if importance:
+            t, weights = ts.sample_importance(k_t, b, state.loss_history)
+        else:
+            t, weights = ts.sample_uniform(k_t, b, schedule.num_timesteps)
+        noise = jax.random.normal(k_noise, x0.shape, x0.dtype)
+        y = batch.get("label") if num_classes else None
+        if y is not None and d.class_drop_prob > 0:
+            drop = jax.random.bernoulli(k_label, d.class_drop_prob, (b,))
+            y = jnp.where(drop, num_classes, y)
+
+        if accum == 1:
+            (loss, terms), grads = grad_fn(state.params, x0, y, t, weights, noise, k_drop)
+        else:
+            micro = [_split_micro(a, accum) for a in (x0, t, weights, noise)]
+            micro_y = None if y is None else _split_micro(y, accum)
+
+            def body(grad_sum, i):
+                xi, ti, wi, ni = (a[i] for a in micro)
+                yi = None if micro_y is None else micro_y[i]
+                (li, terms_i), gi = grad_fn(
+                    state.params, xi, yi, ti, wi, ni, jax.random.fold_in(k_drop, i)
+                )
+                return jax.tree_util.tree_map(jnp.add, grad_sum, gi), (li, terms_i)
+
+            zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
+            grads, (micro_loss, micro_terms) = jax.lax.scan(body, zeros, jnp.arange(accum))
+            grads = jax.tree_util.tree_map(lambda g: g / accum, grads)
+            loss = jnp.mean(micro_loss)
+            # back to batch order: [accum, B / accum] -> [B]
+            terms = jax.tree_util.tree_map(lambda a: jnp.swapaxes(a, 0, 1).reshape(b), micro_terms)
+
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        apply = finite if tr.on_nonfinite == "skip" else finite & (state.skipped == 0)
+
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ema = update_ema(
+            state.ema_params, params, ema_decay(state.step, tr.ema_decay, tr.ema_warmup)
+        )
+        history = state.loss_history
+        if importance:
+            history = ts.update_loss_history(history, t, terms["loss"])
+        new = state.replace(
+            params=params, ema_params=ema, opt_state=opt_state, loss_history=history
+        )
+
+        def keep_good(new_leaf, old_leaf):
+            return jnp.where(apply, new_leaf, old_leaf)
+
+        state = jax.tree_util.tree_map(keep_good, new, state).replace(
+            step=state.step + 1, skipped=state.skipped + (~finite).astype(jnp.int32)
+        )
+        metrics = {
+            "loss": loss,
+            "grad_norm": grad_norm,
+            "lr": lr_fn(state.step - 1),
+            "finite": finite,
+            **{f"{k}_mean": jnp.mean(v) for k, v in terms.items() if k != "loss"},
+        }
+        return state, metrics
+
+    return train_step
+
+
+def compile_train_step(train_step: Callable, mesh) -> Callable:
+    """jit with the state replicated and donated and the batch split along 'data'."""
+    rep = parallel.replicated(mesh)
+    return jax.jit(
+        train_step,
+        in_shardings=(rep, parallel.batch_sharding(mesh)),
+        out_shardings=(rep, rep),
+        donate_argnums=0,
+    )
+
+
+# ----------------------------------------------------------------------------- set-up
+
+
+def _example_inputs(example_shape, num_classes):
+    x = jnp.zeros((1, *example_shape), jnp.float32)
+    t = jnp.zeros((1,), jnp.int32)
+    y = jnp.zeros((1,), jnp.int32) if num_classes else None
+    return x, t, y
+
+
+def init_train_state(config, model, tx, example_shape, mesh, *, num_classes=0):
+    """(state, abstract_state): shapes first (eval_shape), then a jitted init, replicated."""
+    base = jax.random.PRNGKey(config.seed)
+    init_key, state_key = jax.random.split(base)
+    x, t, y = _example_inputs(example_shape, num_classes)
+    history = None
+    if config.diffusion.timestep_sampler == "importance":
+        history = ts.init_loss_history(config.diffusion.num_timesteps)
+
+    def init():
+        params = model.init({"params": init_key, "dropout": init_key}, x, t, y)["params"]
+        return create_train_state(params, tx, state_key, history)
+
+    rep = parallel.replicated(mesh)
+    abstract = jax.tree_util.tree_map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), jax.eval_shape(init)
+    )
+    return abstract, (lambda: jax.jit(init, out_shardings=rep)())
+
+
+class _Metrics:
+    """Scalars to TensorBoard (tensorboardX) and to metrics.jsonl, on the first host only."""
+
+    def __init__(self, workdir: Path):
+        self.enabled = jax.process_index() == 0
+        if not self.enabled:
+            return
+        from tensorboardX import SummaryWriter
+
+        self.tb = SummaryWriter(str(workdir / "tensorboard"))
+        self.jsonl = open(workdir / "metrics.jsonl", "a")  # noqa: SIM115 (closed in close())
+
+    def write(self, step: int, scalars: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        for k, v in scalars.items():
+            self.tb.add_scalar(k, v, step)
+        self.jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
+        self.jsonl.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.tb.close()
+            self.jsonl.close()
+
+
+def sample_grid(config, apply_fn, params, example_shape, num_classes, key, path: Path) -> Path:
+    """Draws config.training.num_samples samples with the (EMA) params and saves them.
+
+    Images go to a PNG grid; vector data to a .npy file. Class-conditional models cycle through
+    the classes."""
+    d = config.diffusion
+    sched = schedules.make_schedule(
+        d.beta_schedule, d.num_timesteps, respacing=config.training.sample_respacing or None
+    )
+    n = int(config.training.num_samples)
+    y = jnp.arange(n, dtype=jnp.int32) % num_classes if num_classes else None
+    x = sampling.sample_ancestral(
+        apply_fn,
+        params,
+        sched,
+        (n, *example_shape),
+        key,
+        y=y,
+        mean_type=d.mean_type,
+        var_type=d.var_type,
+        clip_denoised=len(example_shape) == 3,
+    )
+    x = np.asarray(jax.device_get(x))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if len(example_shape) == 3:
+        images.save_grid(x, path.with_suffix(".png"))
+        return path.with_suffix(".png")
+    np.save(path.with_suffix(".npy"), x)
+    return path.with_suffix(".npy")
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def train(config, workdir: str | Path, *, eval_fn: Callable | None = None) -> TrainState:
+    """Trains `config` in `workdir`, resuming from its latest checkpoint.
+
+    Writes workdir/checkpoints (orbax: state, data iterator, config), workdir/metrics.jsonl,
+    workdir/tensorboard and workdir/samples. `eval_fn(state, step) -> dict` runs every
+    training.eval_every steps (its scalars are logged). On SIGTERM the run saves a checkpoint at
+    the current step and returns."""
+    parallel.maybe_initialize_distributed()
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    tr, d = config.training, config.diffusion
+    mesh = parallel.data_mesh()
+    parallel.check_global_batch(tr.batch_size, mesh)
+    if tr.batch_size % tr.grad_accum_steps or (tr.batch_size // tr.grad_accum_steps) % mesh.size:
+        raise ValueError(
+            f"training.batch_size={tr.batch_size} must split into grad_accum_steps="
+            f"{tr.grad_accum_steps} micro-batches that each split over {mesh.size} devices."
+        )
+
+    info = data.dataset_info(config.data)
+    num_classes = int(config.model.num_classes)
+    if num_classes and not config.data.use_labels:
+        raise ValueError(
+            "model.num_classes > 0 trains a class-conditional model: set data.use_labels."
+        )
+    schedule = schedules.make_schedule(d.beta_schedule, d.num_timesteps)
+    model = create_model(config, info.shape)
+    apply_fn = make_apply_fn(model)
+    tx, lr_fn = make_optimizer(config.optim)
+    abstract, init = init_train_state(config, model, tx, info.shape, mesh, num_classes=num_classes)
+    step_fn = compile_train_step(
+        make_train_step(apply_fn, tx, lr_fn, schedule, config, num_classes=num_classes), mesh
+    )
+    data_iter = data.make_train_iterator(
+        config.data, global_batch_size=tr.batch_size, seed=config.seed
+    )
+
+    ckpt = checkpoint.Checkpointer(
+        workdir,
+        save_every=tr.checkpoint_every,
+        keep=tr.keep_checkpoints,
+        keep_every=tr.keep_every,
+        async_save=tr.async_checkpoints,
+    )
+    if ckpt.latest_step() is not None:
+        mismatch = checkpoint.config_mismatch(ckpt.restore_config(), config)
+        if mismatch:
+            raise checkpoint.CheckpointError(
+                f"{workdir} holds a run of a different model ({'; '.join(mismatch)}): use a fresh "
+                "--workdir, or the config that run was started with."
+            )
+        state, _ = ckpt.restore(abstract, data_iter)
+        log.info("Resumed from step %d", int(state.step))
+    else:
+        state = init()
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+
+    metrics_out = _Metrics(workdir)
+    sample_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 10**9)
+    start = int(state.step)
+    pending: list[tuple[int, dict]] = []
+    last_time, last_step = time.time(), start
+
+    def flush(step: int) -> None:
+        """Fetches the metrics of the steps since the last flush; stops on a non-finite one."""
+        nonlocal pending, last_time, last_step
+        if not pending:
+            return
+        fetched = jax.device_get([m for _, m in pending])
+        steps = [s for s, _ in pending]
+        pending = []
+        if tr.on_nonfinite == "error":
+            for s, m in zip(steps, fetched, strict=True):
+                if not m["finite"]:
+                    raise NonFiniteError(
+                        f"The loss or gradient was not finite at step {s} (loss={m['loss']}, "
+                        f"grad_norm={m['grad_norm']}). The update was not applied and no "
+                        f"checkpoint after step {ckpt.latest_step()} was written. Lower "
+                        "optim.learning_rate, check the data, or set "
+                        "training.on_nonfinite='skip'."
+                    )
+        now = time.time()
+        rate = (step - last_step) / max(now - last_time, 1e-9)
+        last_time, last_step = now, step
+        scalars = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[-1] if k != "finite"}
+        scalars.update(
+            steps_per_sec=rate,
+            images_per_sec=rate * tr.batch_size,
+            skipped=float(jax.device_get(state.skipped)),
+        )
+        metrics_out.write(step, scalars)
+        bar.set_postfix(loss=f"{scalars['loss']:.4f}", steps_per_s=f"{rate:.2f}")
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(
+        total=tr.num_steps,
+        initial=start,
+        disable=jax.process_index() != 0,
+        desc=f"training {workdir.name}",
+        dynamic_ncols=True,
+    )
+    try:
+        with checkpoint.PreemptionGuard() as guard:
+            for step in range(start + 1, tr.num_steps + 1):
+                batch = parallel.global_batch(mesh, next(data_iter))
+                state, metrics = step_fn(state, batch)
+                pending.append((step, metrics))
+                bar.update(1)
+                last = step == tr.num_steps
+                if step % tr.log_every == 0:
+                    flush(step)
+                if tr.sample_every and (step % tr.sample_every == 0 or last):
+                    path = workdir / "samples" / f"step_{step:08d}"
+                    key = jax.random.fold_in(sample_key, step)
+                    sample_grid(
+                        config, apply_fn, state.ema_params, info.shape, num_classes, key, path
+                    )
+                if eval_fn is not None and tr.eval_every and step % tr.eval_every == 0:
+                    scalars = {f"eval/{k}": float(v) for k, v in eval_fn(state, step).items()}
+                    metrics_out.write(step, scalars)
+                stop = guard.should_stop(step)
+                if stop or last or step % tr.checkpoint_every == 0:
+                    flush(step)  # raises before a save if any step since the last was non-finite
+                    ckpt.save(step, state, config, data_iter, force=True)
+                if stop:
+                    log.warning("SIGTERM: saved a checkpoint at step %d and stopped.", step)
+                    print(f"Preempted: checkpoint saved at step {step}.", flush=True)
+                    break
+    finally:
+        bar.close()
+        ckpt.close()
+        metrics_out.close()
+    return state

@@ -1,0 +1,186 @@
+"""End-to-end training on tiny configs: resumption, preemption, errors, toy2d, the README job."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from diffusion_jax import checkpoint, data, parallel, train
+from diffusion_jax.evaluation import two_sample
+from diffusion_jax.models import make_apply_fn
+from diffusion_jax.models.factory import create_model
+from diffusion_jax.train_state import make_optimizer
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "experiments" / "configs" / "tiny.py")
+
+# Trains like `diffusion-jax train`, sending itself `signal` after step `at` (through the public
+# evaluation hook), to play a preemption (SIGTERM) or a crash (SIGKILL) at a known step.
+SIGNALLING_RUN = """
+import os, signal, sys
+from diffusion_jax import cli, train
+at, sig = int(sys.argv[1]), getattr(signal, sys.argv[2])
+config, workdir = cli.parse_train_flags(sys.argv[3:])
+def hook(state, step):
+    if step == at:
+        os.kill(os.getpid(), sig)
+    return {}
+train.train(config, workdir, eval_fn=hook)
+"""
+
+
+def _env():
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)  # one device, as a user's CPU run
+    return env
+
+
+def _cli(*args, timeout=300):
+    return subprocess.run(
+        [sys.executable, "-m", "diffusion_jax", *args],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=timeout,
+        cwd=ROOT,
+    )
+
+
+def _signalling_run(at, sig, *args):
+    return subprocess.run(
+        [sys.executable, "-c", SIGNALLING_RUN, str(at), sig, *args],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=300,
+        cwd=ROOT,
+    )
+
+
+def _final_state(workdir, config_overrides=()):
+    from diffusion_jax import cli
+
+    config, _ = cli.parse_train_flags(
+        ["--config", TINY, "--workdir", str(workdir), *config_overrides]
+    )
+    info = data.dataset_info(config.data)
+    model = create_model(config, info.shape)
+    tx, _ = make_optimizer(config.optim)
+    mesh = parallel.data_mesh(jax.devices()[:1])
+    abstract, _ = train.init_train_state(config, model, tx, info.shape, mesh)
+    with checkpoint.Checkpointer(workdir, read_only=True) as ckpt:
+        state, _ = ckpt.restore(abstract)
+    return jax.device_get(state)
+
+
+def test_preempted_and_killed_run_resumes_to_the_same_parameters_bit_for_bit(tmp_path):
+    steps = ["--config.training.num_steps=8", "--config.training.eval_every=1"]
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    ran = _cli("train", "--config", TINY, "--workdir", str(straight), *steps)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+
+    # SIGTERM after step 3: a checkpoint at step 3 (not a multiple of checkpoint_every=2), exit 0
+    term = _signalling_run(3, "SIGTERM", "--config", TINY, "--workdir", str(broken), *steps)
+    assert term.returncode == 0, term.stderr[-3000:]
+    assert "checkpoint saved at step 3" in term.stdout
+    assert sorted(int(p.name) for p in (broken / "checkpoints").iterdir()) == [2, 3]
+
+    # SIGKILL after step 5 (checkpoint at 4 written, step 5 lost), then run to the end
+    kill = _signalling_run(5, "SIGKILL", "--config", TINY, "--workdir", str(broken), *steps)
+    assert kill.returncode == -signal.SIGKILL
+    resumed = _cli("train", "--config", TINY, "--workdir", str(broken), *steps)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    a, b = _final_state(straight), _final_state(broken)
+    assert int(a.step) == int(b.step) == 8
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    real, calls = parallel.global_batch, []
+
+    def poisoned(mesh, local_batch):
+        """The real batches, with a NaN in the 5th."""
+        calls.append(1)
+        if len(calls) == 5:
+            local_batch = {**local_batch, "image": local_batch["image"].copy()}
+            local_batch["image"][0, 0, 0, 0] = np.nan
+        return real(mesh, local_batch)
+
+    monkeypatch.setattr(parallel, "global_batch", poisoned)
+    from diffusion_jax import cli
+
+    config, _ = cli.parse_train_flags(["--config", TINY, "--workdir", str(tmp_path)])
+    config.unlock().training.num_steps = 8
+    with pytest.raises(train.NonFiniteError, match="not finite at step 5"):
+        train.train(config, tmp_path)
+    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [2, 4]
+    state = _final_state(tmp_path)
+    assert int(state.step) == 4
+    assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(state))
+
+
+def test_cli_errors_are_clear_and_quick(tmp_path):
+    typo = _cli(
+        "train", "--config", TINY, "--workdir", str(tmp_path), "--config.training.batch_sze=4"
+    )
+    assert typo.returncode != 0 and "config.training.batch_size" in typo.stderr
+    start = time.time()
+    missing = _cli(
+        "train",
+        "--config",
+        str(ROOT / "experiments/configs/cifar10.py"),
+        "--workdir",
+        str(tmp_path / "c"),
+        f"--config.data.data_dir={tmp_path / 'tfds'}",
+    )
+    assert missing.returncode == 1 and "prepare-data cifar10" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    assert time.time() - start < 60
+    assert not (tmp_path / "c" / "checkpoints").exists()
+
+
+def test_toy2d_samples_pass_a_two_sample_test_after_training(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("toy2d", ROOT / "experiments/configs/toy2d.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    config.training.update(async_checkpoints=False)
+    state = train.train(config, tmp_path)
+    model = create_model(config, (2,))
+    apply_fn = make_apply_fn(model)
+    d = config.diffusion
+    from diffusion_jax import sampling, schedules
+
+    sched = schedules.make_schedule(d.beta_schedule, d.num_timesteps)
+
+    def draw(params, seed):
+        x = sampling.sample_ancestral(
+            apply_fn,
+            params,
+            sched,
+            (2000, 2),
+            jax.random.key(seed),
+            mean_type=d.mean_type,
+            var_type=d.var_type,
+            clip_denoised=False,
+        )
+        return np.asarray(x)
+
+    truth = data.sample_toy2d(np.random.default_rng(123), 2000)
+    _, p_trained = two_sample.mmd_permutation_test(draw(state.ema_params, 1), truth)
+    untrained = train.init_train_state(
+        config, model, make_optimizer(config.optim)[0], (2,), parallel.data_mesh()
+    )[1]()
+    _, p_untrained = two_sample.mmd_permutation_test(draw(untrained.params, 1), truth)
+    assert p_trained > 0.05, p_trained
+    assert p_untrained < 0.05, p_untrained
