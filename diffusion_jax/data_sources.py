@@ -190,7 +190,7 @@ def prepare_data(name: str, data_dir: str = "", manual_dir: str = "") -> str:
         raise DataPreparationError(
             f"Preparing {name!r} needs {' and '.join(missing)} (TFDS uses TensorFlow to encode "
             "images while writing the files; training reads them without it). Install it, "
-            f"e.g. `pip install {' '.join(missing)}` (`pip install -e \".[prepare]\"` installs "
+            f'e.g. `pip install {" ".join(missing)}` (`pip install -e ".[prepare]"` installs '
             "TensorFlow), then run again."
         )
     download_config = tfds.download.DownloadConfig()
