@@ -242,3 +242,95 @@ def p_sample(
 def model_timesteps(schedule: Schedule, t: jnp.ndarray) -> jnp.ndarray:
     """The time input for the network at step t: the original step for a respaced schedule."""
     return schedule.timestep_map[t]
+
+
+# ----------------------------------------------------------------------------- DDIM steps
+
+
+def ddim_step(
+    schedule: Schedule,
+    out: dict[str, jnp.ndarray],
+    x_t: jnp.ndarray,
+    t: jnp.ndarray,
+    noise: jnp.ndarray,
+    eta: float | jnp.ndarray = 0.0,
+) -> jnp.ndarray:
+    """One DDIM step (Song et al. 2021, eq. 12), x_t -> x_{t-1}, from `p_mean_variance`'s x_0_hat:
+    eps_hat = (x_t - sqrt(alpha_bar_t) x_0_hat) / sqrt(1 - alpha_bar_t)  (re-derived, so that a
+              clipped x_0_hat stays coherent with it),
+    sigma_t = eta sqrt((1 - alpha_bar_{t-1}) / (1 - alpha_bar_t))
+              * sqrt(1 - alpha_bar_t / alpha_bar_{t-1}),
+    x_{t-1} = sqrt(alpha_bar_{t-1}) x_0_hat + sqrt(1 - alpha_bar_{t-1} - sigma_t^2) eps_hat
+              + sigma_t noise,
+    with no noise at t=0. eta=0 is the deterministic DDIM; eta=1 is DDPM with beta~_t variance."""
+    pred_xstart = out["pred_xstart"]
+    eps = predict_eps_from_xstart(schedule, x_t, t, pred_xstart)
+    alpha_bar = _ex(schedule, "alphas_cumprod", t, x_t)
+    alpha_bar_prev = _ex(schedule, "alphas_cumprod_prev", t, x_t)
+    sigma = (
+        eta
+        * jnp.sqrt((1.0 - alpha_bar_prev) / (1.0 - alpha_bar))
+        * jnp.sqrt(1.0 - alpha_bar / alpha_bar_prev)
+    )
+    # max(., 0): only float rounding (or eta > 1) can push the direction's variance below 0
+    direction = jnp.sqrt(jnp.maximum(1.0 - alpha_bar_prev - sigma**2, 0.0))
+    nonzero = (jnp.asarray(t) != 0).astype(x_t.dtype)
+    nonzero = nonzero.reshape(nonzero.shape + (1,) * (x_t.ndim - nonzero.ndim))
+    return jnp.sqrt(alpha_bar_prev) * pred_xstart + direction * eps + nonzero * sigma * noise
+
+
+def ddim_reverse_step(
+    schedule: Schedule, out: dict[str, jnp.ndarray], x_t: jnp.ndarray, t: jnp.ndarray
+) -> jnp.ndarray:
+    """The deterministic DDIM step run forwards (eta 0, for inversion), x_t -> x_{t+1}:
+    x_{t+1} = sqrt(alpha_bar_{t+1}) x_0_hat + sqrt(1 - alpha_bar_{t+1}) eps_hat, with eps_hat
+    re-derived from x_t and x_0_hat as in `ddim_step` and alpha_bar_T = 0 (so x_T = eps_hat)."""
+    pred_xstart = out["pred_xstart"]
+    eps = predict_eps_from_xstart(schedule, x_t, t, pred_xstart)
+    alpha_bar_next = _ex(schedule, "alphas_cumprod_next", t, x_t)
+    return jnp.sqrt(alpha_bar_next) * pred_xstart + jnp.sqrt(1.0 - alpha_bar_next) * eps
+
+
+# ----------------------------------------------------------------------------- guidance
+
+
+def cfg_eps(eps_cond: jnp.ndarray, eps_uncond: jnp.ndarray, w) -> jnp.ndarray:
+    """Classifier-free guidance (Ho & Salimans 2022, eq. 6): eps~ = (1 + w) eps_c - w eps_u.
+
+    w=0 is the conditional model. The weights sum to 1, so the same mix of x_0 or v predictions
+    gives the same guided sample: the formula applies to any `mean_type`."""
+    return (1.0 + w) * eps_cond - w * eps_uncond
+
+
+def cfg_output(out_cond: jnp.ndarray, out_uncond: jnp.ndarray, w, var_type: VarType) -> jnp.ndarray:
+    """`cfg_eps` on a whole network output: for a learned variance ([..., 2C]) only the mean
+    channels are guided and the conditional variance channels are kept."""
+    if not learns_variance(var_type):
+        return cfg_eps(out_cond, out_uncond, w)
+    channels = out_cond.shape[-1] // 2
+    guided = cfg_eps(out_cond[..., :channels], out_uncond[..., :channels], w)
+    return jnp.concatenate([guided, out_cond[..., channels:]], axis=-1)
+
+
+def condition_mean(mean: jnp.ndarray, variance: jnp.ndarray, grad: jnp.ndarray, s) -> jnp.ndarray:
+    """Classifier guidance for ancestral sampling (Dhariwal & Nichol 2021, Alg. 1):
+    mu' = mu + s Sigma grad_x log p(y | x_t)."""
+    return mean + s * variance * grad
+
+
+def condition_eps(eps: jnp.ndarray, grad: jnp.ndarray, s, alpha_bar: jnp.ndarray) -> jnp.ndarray:
+    """Classifier guidance for DDIM (Dhariwal & Nichol 2021, Alg. 2):
+    eps' = eps - sqrt(1 - alpha_bar_t) s grad_x log p(y | x_t)."""
+    return eps - jnp.sqrt(1.0 - alpha_bar) * s * grad
+
+
+def condition_score(
+    schedule: Schedule, out: dict[str, jnp.ndarray], x_t, t, grad: jnp.ndarray, s
+) -> dict[str, jnp.ndarray]:
+    """`condition_eps` applied to a `p_mean_variance` dict: eps_hat from (x_t, x_0_hat), guided,
+    then x_0_hat re-derived from the guided eps (not clipped again) and the mean recomputed."""
+    eps = predict_eps_from_xstart(schedule, x_t, t, out["pred_xstart"])
+    eps = condition_eps(eps, grad, s, _ex(schedule, "alphas_cumprod", t, x_t))
+    pred_xstart = predict_xstart_from_eps(schedule, x_t, t, eps)
+    mean, _, _ = q_posterior_mean_variance(schedule, pred_xstart, x_t, t)
+    return {**out, "mean": mean, "pred_xstart": pred_xstart}

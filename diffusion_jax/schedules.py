@@ -190,12 +190,19 @@ def space_timesteps(num_timesteps: int, section_counts: str | int | Sequence[int
     """The timesteps kept when respacing a process of `num_timesteps` steps (sorted).
 
     `section_counts` follows improved-diffusion: "ddimN" keeps every k-th step starting at 0 for the
-    integer stride k that gives exactly N steps (DDIM's uniform skipping); "10,15,20" (or a list)
-    splits the process into equal sections and keeps that many evenly spaced steps from each,
+    integer stride k that gives exactly N steps (DDIM's uniform skipping); "ddimqN" keeps the N
+    quadratically spaced steps of `quadratic_timesteps` (DDIM's "quad" skipping); "10,15,20" (or a
+    list) splits the process into equal sections and keeps that many evenly spaced steps from each,
     including both ends of each section; an integer N is one section of N steps.
     """
     if isinstance(section_counts, str):
         spec = section_counts.strip()
+        if spec.startswith("ddimq"):
+            try:
+                desired = int(spec[len("ddimq") :])
+            except ValueError:
+                raise ValueError(f"Bad respacing {section_counts!r}: expected 'ddimqN'.") from None
+            return quadratic_timesteps(num_timesteps, desired)
         if spec.startswith("ddim"):
             try:
                 desired = int(spec[len("ddim") :])
@@ -237,6 +244,30 @@ def space_timesteps(num_timesteps: int, section_counts: str | int | Sequence[int
             position += stride
         start += size
     return sorted(set(kept))
+
+
+def quadratic_timesteps(num_timesteps: int, count: int) -> list[int]:
+    """`count` steps crowded near t=0: DDIM's "quad" skip type (Song et al. 2021, CIFAR10 runs).
+
+    The rule of the DDIM code: s_i = int(linspace(0, sqrt(0.8 T), count)[i] ** 2) (truncation, so
+    the last step is int(0.8 T)). Near 0 the squares are closer than 1 apart and repeat; where the
+    DDIM code would visit a step twice, each repeat here moves up to one past its predecessor,
+    s_i = max(s_i, s_{i-1} + 1), so exactly `count` distinct increasing steps are returned.
+    """
+    if count < 2 or count > num_timesteps:
+        raise ValueError(
+            f"Cannot take {count} quadratically spaced steps from {num_timesteps}; "
+            f"choose 2 <= count <= {num_timesteps}."
+        )
+    raw = np.linspace(0.0, math.sqrt(0.8 * num_timesteps), count) ** 2
+    steps = [int(s) for s in raw]
+    for i in range(1, count):
+        steps[i] = max(steps[i], steps[i - 1] + 1)
+    if steps[-1] >= num_timesteps:
+        raise ValueError(
+            f"Cannot take {count} distinct quadratically spaced steps from {num_timesteps}."
+        )
+    return steps
 
 
 def respace_betas(
