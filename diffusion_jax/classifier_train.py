@@ -28,8 +28,6 @@ The checkpointed config records the resolved `classifier.num_classes` and
 from __future__ import annotations
 
 import json
-import logging
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,7 +38,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from diffusion_jax import checkpoint, data, diffusion, parallel, schedules, train
+from diffusion_jax import checkpoint, data, diffusion, loop, parallel, schedules, train
 from diffusion_jax import timestep_sampling as ts
 from diffusion_jax.models.classifier import NoisyClassifier, make_classifier_apply_fn
 from diffusion_jax.train_state import (
@@ -50,8 +48,6 @@ from diffusion_jax.train_state import (
     make_optimizer,
     update_ema,
 )
-
-log = logging.getLogger(__name__)
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # classifier.* keys that may change when a run resumes (they do not change the parameters).
@@ -285,89 +281,38 @@ def train_classifier(config, workdir: str | Path) -> TrainState:
         )
         return {f"eval/{k}": v for k, v in acc.items()}
 
-    ckpt = checkpoint.Checkpointer(
-        workdir,
-        save_every=tr.checkpoint_every,
-        keep=tr.keep_checkpoints,
-        keep_every=tr.keep_every,
-        async_save=tr.async_checkpoints,
-    )
-    if ckpt.latest_step() is not None:
-        mismatch = _classifier_mismatch(ckpt.restore_config(), resolved)
-        if mismatch:
-            ckpt.close()
-            raise checkpoint.CheckpointError(
-                f"{workdir} holds a different classifier run ({'; '.join(mismatch)}): use a "
-                "fresh --workdir, or the config that run was started with."
-            )
-        state, _ = ckpt.restore(abstract, data_iter)
-        log.info("Resumed the classifier from step %d", int(state.step))
-    else:
-        state = init()
+    ckpt = loop.open_checkpointer(workdir, tr)
+    try:
+        state = loop.resume_or_init(
+            ckpt,
+            abstract,
+            init,
+            data_iter,
+            mismatch=lambda saved: _classifier_mismatch(saved, resolved),
+            what="classifier",
+        )
+    except BaseException:
+        ckpt.close()
+        raise
     (workdir / "config.json").write_text(json.dumps(resolved, indent=2))
 
-    metrics_out = train._Metrics(workdir)
-    start = int(state.step)
-    pending: list[tuple[int, dict]] = []
-    last_time, last_step = time.time(), start
+    def hook(step: int, state, last: bool) -> dict[str, float]:
+        if tr.eval_every and (step % tr.eval_every == 0 or last):
+            return evaluate(state)
+        return {}
 
-    def flush(step: int) -> None:
-        nonlocal pending, last_time, last_step
-        if not pending:
-            return
-        fetched = jax.device_get([m for _, m in pending])
-        steps = [s for s, _ in pending]
-        pending = []
-        if tr.on_nonfinite == "error":
-            for s, m in zip(steps, fetched, strict=True):
-                if not m["finite"]:
-                    raise train.NonFiniteError(
-                        f"The classifier's loss or gradient was not finite at step {s}; no "
-                        f"checkpoint after step {ckpt.latest_step()} was written. Lower "
-                        "optim.learning_rate or set training.on_nonfinite='skip'."
-                    )
-        now = time.time()
-        rate = (step - last_step) / max(now - last_time, 1e-9)
-        last_time, last_step = now, step
-        scalars = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[-1] if k != "finite"}
-        scalars.update(steps_per_sec=rate, skipped=float(jax.device_get(state.skipped)))
-        metrics_out.write(step, scalars)
-        bar.set_postfix(loss=f"{scalars['loss']:.3f}", acc=f"{scalars['accuracy']:.2f}")
-
-    from tqdm.auto import tqdm
-
-    bar = tqdm(
-        total=tr.num_steps,
-        initial=start,
-        disable=jax.process_index() != 0,
-        desc=f"classifier {workdir.name}",
-        dynamic_ncols=True,
+    return loop.run_loop(
+        state=state,
+        step_fn=step_fn,
+        data_iter=data_iter,
+        mesh=mesh,
+        ckpt=ckpt,
+        saved_config=resolved,
+        training=tr,
+        workdir=workdir,
+        desc="classifier",
+        hook=hook,
     )
-    try:
-        with checkpoint.PreemptionGuard() as guard:
-            for step in range(start + 1, tr.num_steps + 1):
-                batch = parallel.global_batch(mesh, next(data_iter))
-                state, metrics = step_fn(state, batch)
-                pending.append((step, metrics))
-                bar.update(1)
-                last = step == tr.num_steps
-                if step % tr.log_every == 0:
-                    flush(step)
-                if tr.eval_every and (step % tr.eval_every == 0 or last):
-                    flush(step)
-                    metrics_out.write(step, evaluate(state))
-                stop = guard.should_stop(step)
-                if stop or last or step % tr.checkpoint_every == 0:
-                    flush(step)  # raises before a save if a step since the last was non-finite
-                    ckpt.save(step, state, resolved, data_iter, force=True)
-                if stop:
-                    log.warning("SIGTERM: saved a checkpoint at step %d and stopped.", step)
-                    break
-    finally:
-        bar.close()
-        ckpt.close()
-        metrics_out.close()
-    return state
 
 
 # ----------------------------------------------------------------------------- loading

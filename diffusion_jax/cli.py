@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         DatasetNotFoundError,
         ImageDecodeError,
     )
-    from diffusion_jax.train import NonFiniteError
+    from diffusion_jax.loop import NonFiniteError
 
     try:
         return handlers[command](rest)

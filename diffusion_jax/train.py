@@ -14,9 +14,6 @@ state replicated, the batch split along the mesh's 'data' axis and the state don
 
 from __future__ import annotations
 
-import json
-import logging
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,8 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from diffusion_jax import checkpoint, data, images, losses, parallel, sampling, schedules
+from diffusion_jax import checkpoint, data, images, loop, losses, parallel, sampling, schedules
 from diffusion_jax import timestep_sampling as ts
+from diffusion_jax.loop import NonFiniteError  # noqa: F401 (part of this module's API)
 from diffusion_jax.models import make_apply_fn
 from diffusion_jax.models.factory import create_model
 from diffusion_jax.train_state import (
@@ -36,13 +34,6 @@ from diffusion_jax.train_state import (
     make_optimizer,
     update_ema,
 )
-
-log = logging.getLogger(__name__)
-
-
-class NonFiniteError(FloatingPointError):
-    """The loss or gradient stopped being finite; the run stops and keeps its last checkpoint."""
-
 
 # ----------------------------------------------------------------------------- the step
 
@@ -202,32 +193,6 @@ def init_train_state(config, model, tx, example_shape, mesh, *, num_classes=0):
     return abstract, (lambda: jax.jit(init, out_shardings=rep)())
 
 
-class _Metrics:
-    """Scalars to TensorBoard (tensorboardX) and to metrics.jsonl, on the first host only."""
-
-    def __init__(self, workdir: Path):
-        self.enabled = jax.process_index() == 0
-        if not self.enabled:
-            return
-        from tensorboardX import SummaryWriter
-
-        self.tb = SummaryWriter(str(workdir / "tensorboard"))
-        self.jsonl = open(workdir / "metrics.jsonl", "a")  # noqa: SIM115 (closed in close())
-
-    def write(self, step: int, scalars: dict[str, float]) -> None:
-        if not self.enabled:
-            return
-        for k, v in scalars.items():
-            self.tb.add_scalar(k, v, step)
-        self.jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
-        self.jsonl.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            self.tb.close()
-            self.jsonl.close()
-
-
 def sample_grid(config, apply_fn, params, example_shape, num_classes, key, path: Path) -> Path:
     """Draws config.training.num_samples samples with the (EMA) params and saves them.
 
@@ -299,100 +264,39 @@ def train(config, workdir: str | Path, *, eval_fn: Callable | None = None) -> Tr
         config.data, global_batch_size=tr.batch_size, seed=config.seed
     )
 
-    ckpt = checkpoint.Checkpointer(
-        workdir,
-        save_every=tr.checkpoint_every,
-        keep=tr.keep_checkpoints,
-        keep_every=tr.keep_every,
-        async_save=tr.async_checkpoints,
-    )
-    if ckpt.latest_step() is not None:
-        mismatch = checkpoint.config_mismatch(ckpt.restore_config(), config)
-        if mismatch:
-            raise checkpoint.CheckpointError(
-                f"{workdir} holds a run of a different model ({'; '.join(mismatch)}): use a fresh "
-                "--workdir, or the config that run was started with."
-            )
-        state, _ = ckpt.restore(abstract, data_iter)
-        log.info("Resumed from step %d", int(state.step))
-    else:
-        state = init()
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-
-    metrics_out = _Metrics(workdir)
-    sample_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 10**9)
-    start = int(state.step)
-    pending: list[tuple[int, dict]] = []
-    last_time, last_step = time.time(), start
-
-    def flush(step: int) -> None:
-        """Fetches the metrics of the steps since the last flush; stops on a non-finite one."""
-        nonlocal pending, last_time, last_step
-        if not pending:
-            return
-        fetched = jax.device_get([m for _, m in pending])
-        steps = [s for s, _ in pending]
-        pending = []
-        if tr.on_nonfinite == "error":
-            for s, m in zip(steps, fetched, strict=True):
-                if not m["finite"]:
-                    raise NonFiniteError(
-                        f"The loss or gradient was not finite at step {s} (loss={m['loss']}, "
-                        f"grad_norm={m['grad_norm']}). The update was not applied and no "
-                        f"checkpoint after step {ckpt.latest_step()} was written. Lower "
-                        "optim.learning_rate, check the data, or set "
-                        "training.on_nonfinite='skip'."
-                    )
-        now = time.time()
-        rate = (step - last_step) / max(now - last_time, 1e-9)
-        last_time, last_step = now, step
-        scalars = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[-1] if k != "finite"}
-        scalars.update(
-            steps_per_sec=rate,
-            images_per_sec=rate * tr.batch_size,
-            skipped=float(jax.device_get(state.skipped)),
-        )
-        metrics_out.write(step, scalars)
-        bar.set_postfix(loss=f"{scalars['loss']:.4f}", steps_per_s=f"{rate:.2f}")
-
-    from tqdm.auto import tqdm
-
-    bar = tqdm(
-        total=tr.num_steps,
-        initial=start,
-        disable=jax.process_index() != 0,
-        desc=f"training {workdir.name}",
-        dynamic_ncols=True,
-    )
+    ckpt = loop.open_checkpointer(workdir, tr)
     try:
-        with checkpoint.PreemptionGuard() as guard:
-            for step in range(start + 1, tr.num_steps + 1):
-                batch = parallel.global_batch(mesh, next(data_iter))
-                state, metrics = step_fn(state, batch)
-                pending.append((step, metrics))
-                bar.update(1)
-                last = step == tr.num_steps
-                if step % tr.log_every == 0:
-                    flush(step)
-                if tr.sample_every and (step % tr.sample_every == 0 or last):
-                    path = workdir / "samples" / f"step_{step:08d}"
-                    key = jax.random.fold_in(sample_key, step)
-                    sample_grid(
-                        config, apply_fn, state.ema_params, info.shape, num_classes, key, path
-                    )
-                if eval_fn is not None and tr.eval_every and step % tr.eval_every == 0:
-                    scalars = {f"eval/{k}": float(v) for k, v in eval_fn(state, step).items()}
-                    metrics_out.write(step, scalars)
-                stop = guard.should_stop(step)
-                if stop or last or step % tr.checkpoint_every == 0:
-                    flush(step)  # raises before a save if any step since the last was non-finite
-                    ckpt.save(step, state, config, data_iter, force=True)
-                if stop:
-                    log.warning("SIGTERM: saved a checkpoint at step %d and stopped.", step)
-                    print(f"Preempted: checkpoint saved at step {step}.", flush=True)
-                    break
-    finally:
-        bar.close()
+        state = loop.resume_or_init(
+            ckpt,
+            abstract,
+            init,
+            data_iter,
+            mismatch=lambda saved: checkpoint.config_mismatch(saved, config),
+        )
+    except BaseException:
         ckpt.close()
-        metrics_out.close()
-    return state
+        raise
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    sample_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 10**9)
+
+    def hook(step: int, state: TrainState, last: bool) -> dict[str, float]:
+        if tr.sample_every and (step % tr.sample_every == 0 or last):
+            path = workdir / "samples" / f"step_{step:08d}"
+            key = jax.random.fold_in(sample_key, step)
+            sample_grid(config, apply_fn, state.ema_params, info.shape, num_classes, key, path)
+        if eval_fn is not None and tr.eval_every and step % tr.eval_every == 0:
+            return {f"eval/{k}": float(v) for k, v in eval_fn(state, step).items()}
+        return {}
+
+    return loop.run_loop(
+        state=state,
+        step_fn=step_fn,
+        data_iter=data_iter,
+        mesh=mesh,
+        ckpt=ckpt,
+        saved_config=config,
+        training=tr,
+        workdir=workdir,
+        desc="training",
+        hook=hook,
+    )
