@@ -59,7 +59,9 @@ def base_config() -> ml_collections.ConfigDict:
             var_type="fixed_large",
             loss_type="mse",  # mse (L_simple), rescaled_mse, hybrid, kl, rescaled_kl
             timestep_sampler="uniform",  # or "importance" (improved DDPM, for the VB losses)
-            class_drop_prob=0.0,  # labels replaced by the null label (classifier-free guidance)
+            # class-conditional models: the share of labels replaced by the null label, so that
+            # one network also learns eps(x, null) for classifier-free guidance
+            class_drop_prob=0.1,
         )
     )
 
