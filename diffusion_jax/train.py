@@ -118,7 +118,7 @@ def make_train_step(
             # back to batch order: [accum, B / accum] -> [B]
             terms = jax.tree_util.tree_map(lambda a: jnp.swapaxes(a, 0, 1).reshape(b), micro_terms)
 
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         apply = finite if tr.on_nonfinite == "skip" else finite & (state.skipped == 0)
 
