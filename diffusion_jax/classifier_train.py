@@ -43,10 +43,10 @@ from diffusion_jax import timestep_sampling as ts
 from diffusion_jax.models.classifier import NoisyClassifier, make_classifier_apply_fn
 from diffusion_jax.train_state import (
     TrainState,
+    apply_gradients,
+    check_on_nonfinite,
     create_train_state,
-    ema_decay,
     make_optimizer,
-    update_ema,
 )
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -110,10 +110,7 @@ def make_classifier_train_step(
     counted in `state.skipped`); with training.on_nonfinite == "error" later steps freeze too,
     and the loop raises naming the step."""
     tr = config.training
-    if tr.on_nonfinite not in ("error", "skip"):
-        raise ValueError(
-            f"training.on_nonfinite must be 'error' or 'skip', got {tr.on_nonfinite!r}."
-        )
+    check_on_nonfinite(tr)
 
     def loss_fn(params, x_t, t, y, key):
         logits = classifier_apply(params, x_t, t, rng=key, train=True)  # [B, K]
@@ -130,18 +127,7 @@ def make_classifier_train_step(
         x_t = diffusion.q_sample(schedule, x0, t, noise)
         (loss, logits), grads = grad_fn(state.params, x_t, t, y, k_drop)
 
-        grad_norm = optax.tree.norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        apply = finite if tr.on_nonfinite == "skip" else finite & (state.skipped == 0)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        ema = update_ema(
-            state.ema_params, params, ema_decay(state.step, tr.ema_decay, tr.ema_warmup)
-        )
-        new = state.replace(params=params, ema_params=ema, opt_state=opt_state)
-        state = jax.tree_util.tree_map(lambda a, b: jnp.where(apply, a, b), new, state).replace(
-            step=state.step + 1, skipped=state.skipped + (~finite).astype(jnp.int32)
-        )
+        state, grad_norm, finite = apply_gradients(state, grads, loss, tx, tr)
         metrics = {
             "loss": loss,
             "accuracy": jnp.mean(jnp.argmax(logits, axis=-1) == y),

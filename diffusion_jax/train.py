@@ -29,10 +29,10 @@ from diffusion_jax.models import make_apply_fn
 from diffusion_jax.models.factory import create_model
 from diffusion_jax.train_state import (
     TrainState,
+    apply_gradients,
+    check_on_nonfinite,
     create_train_state,
-    ema_decay,
     make_optimizer,
-    update_ema,
 )
 
 # ----------------------------------------------------------------------------- the step
@@ -68,10 +68,7 @@ def make_train_step(
             f"diffusion.timestep_sampler must be 'uniform' or 'importance', got "
             f"{d.timestep_sampler!r}."
         )
-    if tr.on_nonfinite not in ("error", "skip"):
-        raise ValueError(
-            f"training.on_nonfinite must be 'error' or 'skip', got {tr.on_nonfinite!r}."
-        )
+    check_on_nonfinite(tr)
     loss_kw = dict(loss_type=d.loss_type, mean_type=d.mean_type, var_type=d.var_type)
 
     def loss_fn(params, x0, y, t, weights, noise, key):
@@ -118,28 +115,10 @@ def make_train_step(
             # back to batch order: [accum, B / accum] -> [B]
             terms = jax.tree_util.tree_map(lambda a: jnp.swapaxes(a, 0, 1).reshape(b), micro_terms)
 
-        grad_norm = optax.tree.norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        apply = finite if tr.on_nonfinite == "skip" else finite & (state.skipped == 0)
-
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        ema = update_ema(
-            state.ema_params, params, ema_decay(state.step, tr.ema_decay, tr.ema_warmup)
-        )
         history = state.loss_history
         if importance:
             history = ts.update_loss_history(history, t, terms["loss"])
-        new = state.replace(
-            params=params, ema_params=ema, opt_state=opt_state, loss_history=history
-        )
-
-        def keep_good(new_leaf, old_leaf):
-            return jnp.where(apply, new_leaf, old_leaf)
-
-        state = jax.tree_util.tree_map(keep_good, new, state).replace(
-            step=state.step + 1, skipped=state.skipped + (~finite).astype(jnp.int32)
-        )
+        state, grad_norm, finite = apply_gradients(state, grads, loss, tx, tr, loss_history=history)
         metrics = {
             "loss": loss,
             "grad_norm": grad_norm,

@@ -89,6 +89,44 @@ def make_optimizer(optim) -> tuple[optax.GradientTransformation, Callable]:
     return optax.chain(*parts), lr_fn
 
 
+def check_on_nonfinite(training) -> None:
+    if training.on_nonfinite not in ("error", "skip"):
+        raise ValueError(
+            f"training.on_nonfinite must be 'error' or 'skip', got {training.on_nonfinite!r}."
+        )
+
+
+def apply_gradients(
+    state: TrainState,
+    grads: Any,
+    loss: jax.Array,
+    tx: optax.GradientTransformation,
+    training,
+    **replace: Any,
+) -> tuple[TrainState, jax.Array, jax.Array]:
+    """The optimizer update and EMA of every train step, guarded: (state, grad_norm, finite).
+
+    A step whose loss or gradient is not finite leaves params, EMA, optimizer state and the
+    `replace`d fields untouched and counts in `state.skipped`; with training.on_nonfinite ==
+    "error" every later step is frozen too, until the loop stops the run naming the step."""
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    apply = finite if training.on_nonfinite == "skip" else finite & (state.skipped == 0)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    decay = ema_decay(state.step, training.ema_decay, training.ema_warmup)
+    new = state.replace(
+        params=params,
+        ema_params=update_ema(state.ema_params, params, decay),
+        opt_state=opt_state,
+        **replace,
+    )
+    state = jax.tree_util.tree_map(lambda n, o: jnp.where(apply, n, o), new, state).replace(
+        step=state.step + 1, skipped=state.skipped + (~finite).astype(jnp.int32)
+    )
+    return state, grad_norm, finite
+
+
 def ema_decay(step: jax.Array, decay: float, warmup: bool) -> jax.Array:
     """The EMA decay at `step`: fixed, or min(decay, (1 + step) / (10 + step)) when warmed up."""
     if not warmup:
