@@ -268,18 +268,14 @@ def train_classifier(config, workdir: str | Path) -> TrainState:
         return {f"eval/{k}": v for k, v in acc.items()}
 
     ckpt = loop.open_checkpointer(workdir, tr)
-    try:
-        state = loop.resume_or_init(
-            ckpt,
-            abstract,
-            init,
-            data_iter,
-            mismatch=lambda saved: _classifier_mismatch(saved, resolved),
-            what="classifier",
-        )
-    except BaseException:
-        ckpt.close()
-        raise
+    state = loop.resume_or_init(
+        ckpt,
+        abstract,
+        init,
+        data_iter,
+        mismatch=lambda saved: _classifier_mismatch(saved, resolved),
+        what="classifier",
+    )
     (workdir / "config.json").write_text(json.dumps(resolved, indent=2))
 
     def hook(step: int, state, last: bool) -> dict[str, float]:

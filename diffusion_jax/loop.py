@@ -83,17 +83,21 @@ def resume_or_init(
     """The latest checkpoint's state (and data position), or `init()` for a fresh workdir.
 
     `mismatch(saved_config_dict)` lists the settings that make the saved run a different one; any
-    makes this raise instead of resuming."""
-    if ckpt.latest_step() is None:
-        return init()
-    differences = mismatch(ckpt.restore_config())
-    if differences:
-        raise checkpoint.CheckpointError(
-            f"{ckpt.directory.parent} holds a run of a different {what} "
-            f"({'; '.join(differences)}): use a fresh --workdir, or the config that run was "
-            "started with."
-        )
-    state, _ = ckpt.restore(abstract, data_iter)
+    makes this raise instead of resuming. `ckpt` is closed when this raises."""
+    try:
+        if ckpt.latest_step() is None:
+            return init()
+        differences = mismatch(ckpt.restore_config())
+        if differences:
+            raise checkpoint.CheckpointError(
+                f"{ckpt.directory.parent} holds a run of a different {what} "
+                f"({'; '.join(differences)}): use a fresh --workdir, or the config that run was "
+                "started with."
+            )
+        state, _ = ckpt.restore(abstract, data_iter)
+    except BaseException:
+        ckpt.close()
+        raise
     log.info("Resumed the %s from step %d", what, int(state.step))
     return state
 

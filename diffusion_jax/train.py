@@ -244,17 +244,13 @@ def train(config, workdir: str | Path, *, eval_fn: Callable | None = None) -> Tr
     )
 
     ckpt = loop.open_checkpointer(workdir, tr)
-    try:
-        state = loop.resume_or_init(
-            ckpt,
-            abstract,
-            init,
-            data_iter,
-            mismatch=lambda saved: checkpoint.config_mismatch(saved, config),
-        )
-    except BaseException:
-        ckpt.close()
-        raise
+    state = loop.resume_or_init(
+        ckpt,
+        abstract,
+        init,
+        data_iter,
+        mismatch=lambda saved: checkpoint.config_mismatch(saved, config),
+    )
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
     sample_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 10**9)
 

@@ -38,15 +38,15 @@ import jax
 import jax.numpy as jnp
 
 from diffusion_jax.models.layers import (
-    GROUPNORM_GROUPS,
     AttnBlock,
     Downsample,
     Dtype,
     ResnetBlock,
+    check_encoder_inputs,
     conv3x3,
-    get_timestep_embedding,
     group_norm,
     nin,
+    time_mlp,
 )
 
 ClassifierApplyFn = Callable[..., jax.Array]
@@ -72,32 +72,13 @@ class NoisyClassifier(nn.Module):
     def _check_inputs(self, x: jax.Array, t: jax.Array) -> None:
         if self.num_classes < 2:
             raise ValueError(f"NoisyClassifier needs num_classes >= 2, got {self.num_classes}.")
-        if x.ndim != 4:
-            raise ValueError(f"x must be NHWC [B, H, W, C], got shape {x.shape}.")
-        factor = 2 ** (len(self.ch_mult) - 1)
-        if x.shape[1] % factor or x.shape[2] % factor:
-            raise ValueError(
-                f"Image size {x.shape[1]}x{x.shape[2]} is not divisible by {factor} = "
-                f"2**(len(ch_mult)-1) for ch_mult={tuple(self.ch_mult)}; use fewer levels."
-            )
-        for mult in (1, *self.ch_mult):
-            if (self.ch * mult) % GROUPNORM_GROUPS:
-                raise ValueError(
-                    f"Channel count ch*mult = {self.ch * mult} is not divisible by GroupNorm's "
-                    f"{GROUPNORM_GROUPS} groups; choose ch so every level has a multiple of "
-                    f"{GROUPNORM_GROUPS} channels."
-                )
-        if t.shape != (x.shape[0],):
-            raise ValueError(f"t must have shape [B] = ({x.shape[0]},), got {t.shape}.")
+        check_encoder_inputs(x, t, self.ch, self.ch_mult)
 
     @nn.compact
     def __call__(self, x: jax.Array, t: jax.Array, *, train: bool = False) -> jax.Array:
         t = jnp.asarray(t)
         self._check_inputs(x, t)
-        temb_ch = 4 * self.ch
-        temb = get_timestep_embedding(t, self.ch)  # [B, ch]
-        temb = nin(temb, temb_ch, "temb_dense0", self.dtype)
-        temb = nin(nn.swish(temb), temb_ch, "temb_dense1", self.dtype)  # [B, 4ch]
+        temb = time_mlp(t, self.ch, self.dtype)  # [B, 4ch]
 
         def res_block(h: jax.Array, ch: int, name: str) -> jax.Array:
             block = ResnetBlock(ch, dropout=self.dropout, dtype=self.dtype, name=name)

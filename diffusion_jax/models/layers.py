@@ -62,6 +62,38 @@ def get_timestep_embedding(t: jax.Array, dim: int) -> jax.Array:
     return emb
 
 
+def check_encoder_inputs(x: jax.Array, t: jax.Array, ch: int, ch_mult) -> None:
+    """The checks every U-Net-shaped network makes: NHWC images whose size survives
+    len(ch_mult) - 1 halvings, GroupNorm-divisible widths, and one timestep per image."""
+    if x.ndim != 4:
+        raise ValueError(f"x must be NHWC [B, H, W, C], got shape {x.shape}.")
+    b, height, width, _ = x.shape
+    factor = 2 ** (len(ch_mult) - 1)
+    if height % factor or width % factor:
+        raise ValueError(
+            f"Image size {height}x{width} is not divisible by {factor} = 2**(len(ch_mult)-1) "
+            f"for ch_mult={tuple(ch_mult)}; resize/crop the images or use fewer levels."
+        )
+    for mult in (1, *ch_mult):
+        if (ch * mult) % GROUPNORM_GROUPS:
+            raise ValueError(
+                f"Channel count ch*mult = {ch}*{mult} = {ch * mult} is not "
+                f"divisible by GroupNorm's {GROUPNORM_GROUPS} groups; choose ch (and "
+                f"ch_mult) so every level has a multiple of {GROUPNORM_GROUPS} channels."
+            )
+    if t.shape != (b,):
+        raise ValueError(f"t must have shape [B] = ({b},), got {t.shape}.")
+
+
+def time_mlp(t: jax.Array, ch: int, dtype: Dtype) -> jax.Array:
+    """DDPM's time embedding: sinusoid(t, ch) -> Dense(4ch) -> swish -> Dense(4ch), [B, 4ch].
+
+    Call inside a ``@nn.compact`` method: its layers are the caller's "temb_dense0/1"."""
+    temb = get_timestep_embedding(t, ch)  # [B, ch], float32
+    temb = nin(temb, 4 * ch, "temb_dense0", dtype)
+    return nin(nn.swish(temb), 4 * ch, "temb_dense1", dtype)  # [B, 4ch]
+
+
 def group_norm(x: jax.Array, name: str) -> jax.Array:
     """32-group GroupNorm computed in float32, cast back to ``x.dtype``.
 

@@ -31,17 +31,16 @@ import jax
 import jax.numpy as jnp
 
 from diffusion_jax.models.layers import (
-    GROUPNORM_GROUPS,
     ZERO_INIT_SCALE,
     AttnBlock,
     Downsample,
     Dtype,
     ResnetBlock,
     Upsample,
+    check_encoder_inputs,
     conv3x3,
-    get_timestep_embedding,
     group_norm,
-    nin,
+    time_mlp,
 )
 
 ApplyFn = Callable[..., jax.Array]
@@ -82,24 +81,8 @@ class UNet(nn.Module):
         return null_label(self.num_classes)
 
     def _check_inputs(self, x: jax.Array, t: jax.Array, y: jax.Array | None) -> None:
-        if x.ndim != 4:
-            raise ValueError(f"x must be NHWC [B, H, W, C], got shape {x.shape}.")
-        b, height, width, c = x.shape
-        factor = 2 ** (len(self.ch_mult) - 1)
-        if height % factor or width % factor:
-            raise ValueError(
-                f"Image size {height}x{width} is not divisible by {factor} = 2**(len(ch_mult)-1) "
-                f"for ch_mult={tuple(self.ch_mult)}; resize/crop the images or use fewer levels."
-            )
-        for mult in (1, *self.ch_mult):
-            if (self.ch * mult) % GROUPNORM_GROUPS:
-                raise ValueError(
-                    f"Channel count ch*mult = {self.ch}*{mult} = {self.ch * mult} is not "
-                    f"divisible by GroupNorm's {GROUPNORM_GROUPS} groups; choose ch (and "
-                    f"ch_mult) so every level has a multiple of {GROUPNORM_GROUPS} channels."
-                )
-        if t.shape != (b,):
-            raise ValueError(f"t must have shape [B] = ({b},), got {t.shape}.")
+        check_encoder_inputs(x, t, self.ch, self.ch_mult)
+        b, c = x.shape[0], x.shape[-1]
         if y is not None:
             if self.num_classes is None:
                 raise ValueError(
@@ -121,9 +104,7 @@ class UNet(nn.Module):
 
     def _time_embedding(self, t: jax.Array, y: jax.Array | None) -> jax.Array:
         temb_ch = 4 * self.ch
-        temb = get_timestep_embedding(t, self.ch)  # [B, ch], float32
-        temb = nin(temb, temb_ch, "temb_dense0", self.dtype)
-        temb = nin(nn.swish(temb), temb_ch, "temb_dense1", self.dtype)  # [B, 4ch]
+        temb = time_mlp(t, self.ch, self.dtype)  # [B, 4ch]
         if self.num_classes is not None:
             if y is None:
                 y = null_labels(t.shape[0], self.num_classes)
