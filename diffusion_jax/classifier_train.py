@@ -10,7 +10,8 @@
     cond_fn = make_classifier_cond_fn(make_classifier_apply_fn(module), params, scale=3.0)
 
 The classifier sees x_t = q_sample(x_0, t, eps) with t ~ U{0, ..., T-1} of `config.diffusion`'s
-full schedule and learns the labels by cross-entropy (Dhariwal & Nichol 2021, section 4). The
+full schedule (or of its first `classifier.max_timestep` steps: 1 trains on clean images, for a
+feature network) and learns the labels by cross-entropy (Dhariwal & Nichol 2021, section 4). The
 network is `config.classifier` (see `models/classifier.py`); optimizer and loop settings are
 `config.optim` and `config.training`, as for the diffusion model (training.ema_decay = 0 turns
 the EMA off: the EMA then equals the parameters). The step has train.py's shape: a pure
@@ -76,6 +77,19 @@ def create_classifier(classifier_config: Any, num_classes: int) -> NoisyClassifi
     )
 
 
+def max_timestep(classifier_config: Any, num_timesteps: int) -> int:
+    """Training draws t ~ U{0, ..., max_timestep - 1}: `classifier.max_timestep`, or all T steps
+    when the key is absent or 0. `max_timestep=1` trains on x_0 (t = 0: 1% noise), which is what
+    a feature network for FID/KID wants (experiments/configs/digits_features.py)."""
+    c = classifier_config if isinstance(classifier_config, dict) else classifier_config.to_dict()
+    m = int(c.get("max_timestep", 0) or num_timesteps)
+    if not 0 < m <= num_timesteps:
+        raise ValueError(
+            f"classifier.max_timestep must be in 1..{num_timesteps} (or 0 for all), got {m}."
+        )
+    return m
+
+
 def _init_fns(model: NoisyClassifier, tx, example_shape, seed: int, mesh):
     """(abstract_state, init): shapes first (eval_shape), then a jitted, replicated init."""
     init_key, state_key = jax.random.split(jax.random.PRNGKey(seed))
@@ -111,6 +125,7 @@ def make_classifier_train_step(
     and the loop raises naming the step."""
     tr = config.training
     check_on_nonfinite(tr)
+    max_t = max_timestep(config.classifier, schedule.num_timesteps)
 
     def loss_fn(params, x_t, t, y, key):
         logits = classifier_apply(params, x_t, t, rng=key, train=True)  # [B, K]
@@ -122,7 +137,7 @@ def make_classifier_train_step(
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         k_t, k_noise, k_drop = jax.random.split(jax.random.fold_in(state.rng, state.step), 3)
         x0, y = batch["image"], batch["label"]
-        t, _ = ts.sample_uniform(k_t, x0.shape[0], schedule.num_timesteps)
+        t, _ = ts.sample_uniform(k_t, x0.shape[0], max_t)
         noise = jax.random.normal(k_noise, x0.shape, x0.dtype)
         x_t = diffusion.q_sample(schedule, x0, t, noise)
         (loss, logits), grads = grad_fn(state.params, x_t, t, y, k_drop)
@@ -261,9 +276,18 @@ def train_classifier(config, workdir: str | Path) -> TrainState:
     )
     resolved = _resolved_config(config, info.num_classes, info.shape)
 
+    # Accuracy at t = 0 and T/2, or only at t = 0 for a classifier trained on small t only.
+    trained_t = max_timestep(config.classifier, d.num_timesteps)
+    eval_t = None if trained_t > d.num_timesteps // 2 else (0,)
+
     def evaluate(state) -> dict[str, float]:
         acc = evaluate_classifier(
-            classifier_apply, state.ema_params, schedule, config.data, seed=config.seed
+            classifier_apply,
+            state.ema_params,
+            schedule,
+            config.data,
+            timesteps=eval_t,
+            seed=config.seed,
         )
         return {f"eval/{k}": v for k, v in acc.items()}
 

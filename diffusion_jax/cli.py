@@ -22,6 +22,10 @@ COMMANDS = {
     "train": "train a model from a config file (absl/ml_collections flags)",
     "train-classifier": "train a noise-aware classifier for classifier guidance",
     "sample": "draw samples from a trained run (ancestral or DDIM, guidance) to .npz + PNG",
+    "evaluate": "FID / IS / KID / precision-recall of samples, or --bpd over a dataset split",
+    "ref-stats": "reference feature statistics of a dataset split or image folder (.npz)",
+    "fetch-inception": "download (or --from FILE) and convert FID's Inception-v3 weights",
+    "import-weights": "import published DDPM weights (diffusers layout) as a run directory",
     "prepare-data": "download and prepare a TFDS dataset in the array_record format",
     "info": "print versions, devices and U-Net preset sizes",
 }
@@ -99,13 +103,8 @@ def _train(argv: list[str]) -> int:
     return 0
 
 
-def _sample(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="diffusion-jax sample",
-        description="Draw samples from a trained run (its EMA parameters unless --no_ema).",
-    )
-    parser.add_argument("--workdir", required=True, help="the run's directory (with checkpoints/)")
-    parser.add_argument("--num", type=int, default=64, help="how many samples")
+def _add_sampling_flags(parser: argparse.ArgumentParser, num: int) -> None:
+    parser.add_argument("--num", type=int, default=num, help="how many samples")
     parser.add_argument("--sampler", choices=("ancestral", "ddim"), default="ancestral")
     parser.add_argument("--steps", type=int, default=0, help="respaced steps; 0 = all T steps")
     parser.add_argument("--spacing", choices=("uniform", "ddim", "quad"), default="uniform")
@@ -118,13 +117,12 @@ def _sample(argv: list[str]) -> int:
     parser.add_argument("--batch_size", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no_ema", action="store_true", help="use the raw parameters")
-    parser.add_argument("--out", default="", help="output .npz (default WORKDIR/samples.npz)")
-    args = parser.parse_args(argv)
-    from pathlib import Path
 
+
+def _draw_samples(args: argparse.Namespace, run):
+    """Samples of `run` as the sampling flags ask: (uint8 images, labels)."""
     from diffusion_jax import generate
 
-    run = generate.load_run(args.workdir, use_ema=not args.no_ema)
     cond_fn = None
     if args.classifier_workdir:
         from diffusion_jax import classifier_train
@@ -144,7 +142,7 @@ def _sample(argv: list[str]) -> int:
         f"{'EMA' if run.ema else 'raw (non-EMA)'} parameters ({args.sampler}, "
         f"{args.steps or run.config.diffusion.num_timesteps} steps)."
     )
-    samples, labels = generate.generate(
+    return generate.generate(
         run,
         num=args.num,
         sampler=args.sampler,
@@ -159,9 +157,188 @@ def _sample(argv: list[str]) -> int:
         batch_size=args.batch_size,
         seed=args.seed,
     )
+
+
+def _sample(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="diffusion-jax sample",
+        description="Draw samples from a trained run (its EMA parameters unless --no_ema).",
+    )
+    parser.add_argument("--workdir", required=True, help="the run's directory (with checkpoints/)")
+    _add_sampling_flags(parser, num=64)
+    parser.add_argument("--out", default="", help="output .npz (default WORKDIR/samples.npz)")
+    args = parser.parse_args(argv)
+    from pathlib import Path
+
+    from diffusion_jax import generate
+
+    run = generate.load_run(args.workdir, use_ema=not args.no_ema)
+    samples, labels = _draw_samples(args, run)
     out = Path(args.out or Path(args.workdir) / "samples.npz")
     generate.save_samples(samples, labels, out, grid=out.with_suffix(".png"))
     print(f"Wrote {out} and {out.with_suffix('.png')}")
+    return 0
+
+
+def _add_feature_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--features",
+        choices=("inception", "classifier"),
+        default="inception",
+        help="FID's Inception-v3 (diffusion-jax fetch-inception), or a train-classifier run",
+    )
+    parser.add_argument("--feature_workdir", default="", help="the classifier run (--features)")
+    parser.add_argument("--inception_weights", default="", help="converted Inception .npz")
+    parser.add_argument("--feature_batch_size", type=int, default=200)
+
+
+def _extractor(args: argparse.Namespace):
+    from diffusion_jax.evaluation.features import get_extractor
+
+    return get_extractor(
+        args.features,
+        workdir=args.feature_workdir or None,
+        weights=args.inception_weights or None,
+        batch_size=args.feature_batch_size,
+        progress=True,
+    )
+
+
+def _ref_stats(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="diffusion-jax ref-stats",
+        description="Reference feature statistics (mean, covariance and, unless --stats_only, the "
+        "features for KID and precision/recall) of a dataset split or an image folder.",
+    )
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--dataset", help="a dataset name (cifar10, digits, lsun/church_outdoor...)")
+    src.add_argument("--folder", help="a folder of PNG/JPEG images")
+    src.add_argument("--config", help="an experiment config file: its data section")
+    parser.add_argument("--split", default="", help="dataset split (default: the held-out one)")
+    parser.add_argument("--data_dir", default="", help="TFDS data_dir")
+    parser.add_argument("--image_size", type=int, default=0, help="resize and crop to this size")
+    parser.add_argument("--max_images", type=int, default=0, help="at most this many (0: all)")
+    parser.add_argument("--stats_only", action="store_true", help="do not keep the features")
+    parser.add_argument("--out", required=True, help="output .npz")
+    _add_feature_flags(parser)
+    args = parser.parse_args(argv)
+    from diffusion_jax import evaluate
+    from diffusion_jax.config import base_config
+
+    if args.config:
+        data_config = _load_config_file(args.config).data
+    else:
+        data_config = base_config().data
+        data_config.dataset = "folder" if args.folder else args.dataset
+        data_config.folder = args.folder or ""
+    if args.data_dir:
+        data_config.data_dir = args.data_dir
+    if args.image_size:
+        data_config.image_size = args.image_size
+    data_config.use_labels = False
+    ref = evaluate.reference_statistics(
+        _extractor(args),
+        data_config=data_config,
+        split=args.split or None,
+        max_images=args.max_images,
+        keep_features=not args.stats_only,
+    )
+    path = evaluate.save_reference(args.out, ref)
+    print(f"Wrote {path}: {ref.num_images} images of {ref.source}, {ref.extractor} features.")
+    return 0
+
+
+def _evaluate(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="diffusion-jax evaluate",
+        description="FID / Inception Score / KID / precision-recall of samples (a file, or drawn "
+        "now from --workdir) against reference statistics; --bpd: the variational bound in "
+        "bits/dim over a dataset split.",
+    )
+    parser.add_argument("--workdir", default="", help="the run (to sample from, or for --bpd)")
+    parser.add_argument("--samples", default="", help="a samples .npz (arr_0 uint8 NHWC)")
+    parser.add_argument("--reference", default="", help="reference statistics .npz (ref-stats)")
+    parser.add_argument(
+        "--ref_split",
+        default="",
+        help="or compute the reference from this split of the run's dataset (cached in "
+        "WORKDIR/eval/)",
+    )
+    parser.add_argument("--metrics", default="fid,is,kid,pr", help="any of fid,is,kid,pr")
+    parser.add_argument("--bpd", action="store_true", help="the bound in bits/dim over --split")
+    parser.add_argument("--split", default="", help="--bpd's split (default: held-out)")
+    parser.add_argument("--max_examples", type=int, default=0, help="--bpd on at most this many")
+    parser.add_argument("--bpd_batch_size", type=int, default=64)
+    parser.add_argument("--out", default="", help="results JSON (default WORKDIR/eval/...)")
+    _add_sampling_flags(parser, num=0)
+    _add_feature_flags(parser)
+    args = parser.parse_args(argv)
+    import json
+    from pathlib import Path
+
+    from diffusion_jax import evaluate, generate
+
+    wants_samples = bool(args.samples or args.num)
+    if not (wants_samples or args.bpd):
+        raise UsageError(
+            "evaluate needs something to evaluate: --samples FILE.npz, --num N (samples drawn "
+            "from --workdir), or --bpd."
+        )
+    if (args.bpd or (args.num and not args.samples) or args.ref_split) and not args.workdir:
+        raise UsageError("--bpd, --num and --ref_split need the run's --workdir.")
+    run = None
+    if args.workdir and (args.bpd or not args.samples or args.ref_split):
+        run = generate.load_run(args.workdir, use_ema=not args.no_ema)
+    results: dict = {}
+    if args.bpd:
+        results["bpd"] = evaluate.dataset_bpd(
+            run,
+            split=args.split or None,
+            batch_size=args.bpd_batch_size,
+            max_examples=args.max_examples,
+            seed=args.seed,
+            progress=True,
+        )
+        print(f"bits/dim: {json.dumps(results['bpd'])}")
+    if wants_samples:
+        metric_names = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
+        extractor = _extractor(args)
+        reference = None
+        if args.reference:
+            reference = evaluate.load_reference(args.reference)
+        elif args.ref_split:
+            tag = extractor.name.replace(":", "_").replace("/", "_")
+            cached = Path(args.workdir) / "eval" / f"reference_{tag}_{args.ref_split}.npz"
+            if cached.exists():
+                reference = evaluate.load_reference(cached)
+            else:
+                reference = evaluate.reference_statistics(
+                    extractor, data_config=run.config.data, split=args.ref_split
+                )
+                evaluate.save_reference(cached, reference)
+        if args.samples:
+            samples, labels = evaluate.load_samples(args.samples)
+        else:
+            samples, labels = _draw_samples(args, run)
+        results["samples"] = evaluate.sample_metrics(
+            samples,
+            extractor,
+            reference,
+            metrics_to_compute=metric_names,
+            labels=labels,
+            seed=args.seed,
+        )
+        results["samples"].update(
+            features=extractor.name, reference=reference.source if reference else ""
+        )
+        print(f"sample metrics: {json.dumps(results['samples'])}")
+    out = Path(args.out) if args.out else None
+    if out is None and args.workdir:
+        out = Path(args.workdir) / "eval" / "evaluate.json"
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2))
+        print(f"Wrote {out}")
     return 0
 
 
@@ -213,6 +390,18 @@ def _info(argv: list[str]) -> int:
     return 0
 
 
+def _fetch_inception(argv: list[str]) -> int:
+    from diffusion_jax.evaluation import inception
+
+    return inception.fetch_inception_main(argv)
+
+
+def _import_weights(argv: list[str]) -> int:
+    from diffusion_jax import pretrained
+
+    return pretrained.import_weights_main(argv)
+
+
 def _usage() -> str:
     lines = ["usage: diffusion-jax [--version] COMMAND [ARGS]", "", "commands:"]
     lines += [f"  {name:<18}{text}" for name, text in COMMANDS.items()]
@@ -233,6 +422,10 @@ def main(argv: list[str] | None = None) -> int:
         "sample": _sample,
         "train": _train,
         "train-classifier": _train_classifier,
+        "evaluate": _evaluate,
+        "ref-stats": _ref_stats,
+        "fetch-inception": _fetch_inception,
+        "import-weights": _import_weights,
         "prepare-data": _prepare_data,
         "info": _info,
     }
@@ -244,6 +437,10 @@ def main(argv: list[str] | None = None) -> int:
         DatasetNotFoundError,
         ImageDecodeError,
     )
+    from diffusion_jax.evaluation.inception import (
+        InceptionWeightsError,
+        InceptionWeightsNotFoundError,
+    )
     from diffusion_jax.loop import NonFiniteError
 
     try:
@@ -253,6 +450,8 @@ def main(argv: list[str] | None = None) -> int:
         DatasetNotFoundError,
         DataPreparationError,
         ImageDecodeError,
+        InceptionWeightsError,
+        InceptionWeightsNotFoundError,
         NonFiniteError,
     ) as e:
         # Errors that explain themselves: their message, without a traceback.

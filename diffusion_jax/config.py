@@ -100,6 +100,20 @@ def base_config() -> ml_collections.ConfigDict:
             on_nonfinite="error",  # "error": stop naming the step; "skip": skip and count
         )
     )
+
+    # What training evaluates every training.eval_every steps (diffusion_jax.evaluate).
+    config.eval = ml_collections.ConfigDict(
+        dict(
+            bpd_examples=0,  # the bound in bits/dim on this many held-out examples; 0: off
+            num_samples=0,  # FID/IS/KID/precision/recall of this many samples; 0: off
+            sampler="ddim",  # how those samples are drawn
+            steps=50,  # respaced sampling steps (0: all T)
+            batch_size=64,
+            features="inception",  # or "classifier" (a train-classifier run: feature_workdir)
+            feature_workdir="",
+            reference="",  # reference statistics .npz; "" = the held-out split, cached in workdir
+        )
+    )
     return config
 
 

@@ -239,13 +239,24 @@ def calc_bpd_loop(
     """The whole variational bound of a batch in bits/dim, one compiled scan over t = T-1, ..., 0.
 
     At each t a fresh x_t ~ q(x_t | x_0) (noise from fold_in(rng, t)) gives one bound term.
+    `rng` is one key for the batch, or a batch of keys [B] (one per example: example i's noise is
+    then normal(fold_in(rng[i], t)), so its bound does not depend on the batch it is in).
     Returns, per example: total_bpd [B] = prior_bpd + sum_t vb[:, t]; prior_bpd [B] (L_T);
     vb [B, T], xstart_mse [B, T] and mse [B, T] (eps MSE), each indexed by t (column t is step t,
     as in DDPM's code; improved-diffusion stores the same columns in reverse order)."""
     batch = x_start.shape[0]
 
+    typed = jnp.issubdtype(rng.dtype, jax.dtypes.prng_key)
+    per_example = rng.ndim == (1 if typed else 2)
+
+    def draw_noise(t):
+        if per_example:
+            one = functools.partial(jax.random.normal, shape=x_start.shape[1:], dtype=x_start.dtype)
+            return jax.vmap(lambda k: one(jax.random.fold_in(k, t)))(rng)
+        return jax.random.normal(jax.random.fold_in(rng, t), x_start.shape, x_start.dtype)
+
     def term(_, t):
-        noise = jax.random.normal(jax.random.fold_in(rng, t), x_start.shape, x_start.dtype)
+        noise = draw_noise(t)
         t_b = jnp.full((batch,), t, dtype=jnp.int32)
         x_t = diffusion.q_sample(schedule, x_start, t_b, noise)
         model_output = apply_fn(params, x_t, diffusion.model_timesteps(schedule, t_b), y)

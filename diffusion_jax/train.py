@@ -211,8 +211,9 @@ def train(config, workdir: str | Path, *, eval_fn: Callable | None = None) -> Tr
 
     Writes workdir/checkpoints (orbax: state, data iterator, config), workdir/metrics.jsonl,
     workdir/tensorboard and workdir/samples. `eval_fn(state, step) -> dict` runs every
-    training.eval_every steps (its scalars are logged). On SIGTERM the run saves a checkpoint at
-    the current step and returns."""
+    training.eval_every steps (its scalars are logged); by default it is what `config.eval` asks
+    for (held-out bits/dim, FID of samples: `evaluate.make_train_eval_fn`). On SIGTERM the run
+    saves a checkpoint at the current step and returns."""
     parallel.maybe_initialize_distributed()
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -253,6 +254,10 @@ def train(config, workdir: str | Path, *, eval_fn: Callable | None = None) -> Tr
     )
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
     sample_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 10**9)
+    if eval_fn is None and tr.eval_every and "eval" in config:
+        from diffusion_jax.evaluate import make_train_eval_fn
+
+        eval_fn = make_train_eval_fn(config, apply_fn, workdir)
 
     def hook(step: int, state: TrainState, last: bool) -> dict[str, float]:
         if tr.sample_every and (step % tr.sample_every == 0 or last):

@@ -75,7 +75,11 @@ class NoisyClassifier(nn.Module):
         check_encoder_inputs(x, t, self.ch, self.ch_mult)
 
     @nn.compact
-    def __call__(self, x: jax.Array, t: jax.Array, *, train: bool = False) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, t: jax.Array, *, train: bool = False, return_features: bool = False
+    ) -> jax.Array | tuple[jax.Array, jax.Array]:
+        """Logits [B, num_classes]; with ``return_features`` also the pooled features
+        [B, ch * ch_mult[-1]] that feed the head (float32), e.g. for FID/KID on small data."""
         t = jnp.asarray(t)
         self._check_inputs(x, t)
         temb = time_mlp(t, self.ch, self.dtype)  # [B, 4ch]
@@ -99,8 +103,8 @@ class NoisyClassifier(nn.Module):
 
         h = nn.swish(group_norm(h, "norm_out"))
         h = jnp.mean(h.astype(jnp.float32), axis=(1, 2))  # [B, C_mid]: global average pooling
-        logits = nin(h, self.num_classes, "dense_out", jnp.float32)
-        return logits  # [B, num_classes], float32
+        logits = nin(h, self.num_classes, "dense_out", jnp.float32)  # [B, num_classes], float32
+        return (logits, h) if return_features else logits
 
 
 def make_classifier_apply_fn(module: nn.Module) -> ClassifierApplyFn:
