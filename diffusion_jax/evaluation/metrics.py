@@ -1,0 +1,433 @@
+"""Sample-quality metrics over feature arrays: FID, Inception Score, KID, precision and recall.
+
+    from diffusion_jax.evaluation import metrics
+    acc = metrics.StatsAccumulator()
+    for batch in feature_batches:                     # e.g. [B, 2048] Inception pool features
+        acc.update(batch)
+    mu, sigma = acc.result()
+    mu_ref, sigma_ref, meta = metrics.load_statistics("fid_stats_cifar10_train.npz")
+    fid = metrics.frechet_distance(mu, sigma, mu_ref, sigma_ref)
+    is_mean, is_std = metrics.inception_score(logits, splits=10)
+    kid_mean, kid_std = metrics.kernel_inception_distance(real_features, fake_features)
+    precision, recall = metrics.precision_recall(real_features, fake_features, k=3)
+
+Everything here takes features (or classifier logits) that some extractor already produced; the
+numbers are only comparable with published ones when the extractor is the same (Inception-v3 pool3
+for FID / KID / precision-recall, its logits for IS). Means, covariances, FID, IS and KID are
+computed in float64 numpy; the pairwise distances of precision / recall (50k x 50k at full size)
+run as jitted JAX blocks. KID's unbiased MMD^2 is `two_sample`'s estimator with a cubic kernel.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffusion_jax.evaluation import two_sample
+
+FEATURE_KEYS = ("features", "feats")  # raw-feature npz files; "feats" is clean-fid's KID format
+_SAME_EXTRACTOR = "the reference statistics must come from the same feature extractor"
+
+
+def _as_features(x, name: str) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim != 2 or len(x) == 0:
+        raise ValueError(f"{name} must be a non-empty [N, D] array, got shape {x.shape}.")
+    return x
+
+
+def _check_same_dim(d1: int, d2: int, what: str) -> None:
+    if d1 != d2:
+        raise ValueError(
+            f"{what} have feature dimension {d1} and {d2}: {_SAME_EXTRACTOR} (and layer) as the "
+            "features they are compared with."
+        )
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+class StatsAccumulator:
+    """Running mean and unbiased covariance of feature rows, merged batch by batch in float64.
+
+    Each batch is centred on its own mean and merged with the pairwise update of Chan et al.
+    (M2 += M2_b + delta delta^T n_a n_b / n), so a large common offset does not cancel away the
+    digits of the covariance, and 50,000 x 2048 features never need to be in memory at once."""
+
+    def __init__(self):
+        self.num_samples = 0
+        self._mean: np.ndarray | None = None  # [D]
+        self._m2: np.ndarray | None = None  # [D, D] sum of centred outer products
+
+    def update(self, batch) -> None:
+        batch = _as_features(batch, "A feature batch").astype(np.float64)
+        if not np.all(np.isfinite(batch)):
+            raise ValueError("Features contain NaN or inf.")
+        n_b, dim = batch.shape
+        mean_b = batch.mean(0)
+        centred = batch - mean_b
+        m2_b = centred.T @ centred
+        if self._mean is None:
+            self.num_samples, self._mean, self._m2 = n_b, mean_b, m2_b
+            return
+        _check_same_dim(len(self._mean), dim, "Feature batches")
+        n_a = self.num_samples
+        n = n_a + n_b
+        delta = mean_b - self._mean
+        self._m2 += m2_b + np.outer(delta, delta) * (n_a * n_b / n)
+        self._mean += delta * (n_b / n)
+        self.num_samples = n
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """(mu [D], sigma [D, D]), both float64; sigma as np.cov(features, rowvar=False)."""
+        if self.num_samples < 2:
+            raise ValueError(f"A covariance needs at least 2 samples, got {self.num_samples}.")
+        sigma = self._m2 / (self.num_samples - 1)
+        return self._mean.copy(), (sigma + sigma.T) / 2.0
+
+
+def feature_statistics(features, *, chunk_size: int = 10_000) -> tuple[np.ndarray, np.ndarray]:
+    """(mu [D], sigma [D, D]) of features [N, D]: the mean and unbiased covariance in float64.
+
+    Rows are converted to float64 `chunk_size` at a time, so a float32 array is never copied
+    whole."""
+    features = _as_features(features, "features")
+    acc = StatsAccumulator()
+    for start in range(0, len(features), chunk_size):
+        acc.update(features[start : start + chunk_size])
+    return acc.result()
+
+
+# ----------------------------------------------------------------------------- FID
+
+
+def _check_stats(mu, sigma, name: str) -> tuple[np.ndarray, np.ndarray]:
+    mu, sigma = np.asarray(mu, np.float64), np.asarray(sigma, np.float64)
+    if mu.ndim != 1:
+        raise ValueError(f"{name}: mu must be a [D] vector, got shape {mu.shape}.")
+    if sigma.shape != (len(mu), len(mu)):
+        raise ValueError(
+            f"{name}: sigma must be [D, D] with D = len(mu) = {len(mu)}, got shape {sigma.shape}."
+        )
+    if not (np.all(np.isfinite(mu)) and np.all(np.isfinite(sigma))):
+        raise ValueError(f"{name}: statistics contain NaN or inf.")
+    return mu, (sigma + sigma.T) / 2.0
+
+
+def _clip_eigenvalues(w: np.ndarray) -> np.ndarray:
+    """Eigenvalues of a PSD matrix with rounding noise zeroed: those below D eps max(w) (the usual
+    numerical-rank cutoff) are 0. The square root would otherwise blow noise of 1e-16 up to 1e-8
+    per null direction, which adds up over the hundreds of null directions of an N < D
+    covariance."""
+    return np.where(w > len(w) * np.finfo(w.dtype).eps * max(w.max(), 0.0), w, 0.0)
+
+
+def _psd_sqrt(sigma: np.ndarray) -> np.ndarray:
+    """The symmetric square root of a PSD matrix via eigh, with numerically-zero eigenvalues 0."""
+    w, v = np.linalg.eigh(sigma)
+    return (v * np.sqrt(_clip_eigenvalues(w))) @ v.T
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+    """The Frechet distance between N(mu1, sigma1) and N(mu2, sigma2) (FID on Inception features):
+
+        |mu1 - mu2|^2 + tr(sigma1) + tr(sigma2) - 2 tr((sigma1 sigma2)^{1/2}).
+
+    sigma1 sigma2 is not symmetric, but it is similar to the PSD matrix
+    S = sigma1^{1/2} sigma2 sigma1^{1/2}, so tr((sigma1 sigma2)^{1/2}) = sum_i sqrt(lambda_i(S)),
+    with sigma1^{1/2} and lambda(S) from `eigh` and numerically-zero (or negative) eigenvalues
+    set to 0. This stays finite and accurate
+    for singular covariances (fewer samples than dimensions), where scipy's sqrtm needs the
+    eps-offset fallback of the reference code. Rounding can leave a value of order -1e-12 for
+    identical statistics; the result is clipped at 0."""
+    mu1, sigma1 = _check_stats(mu1, sigma1, "First statistics")
+    mu2, sigma2 = _check_stats(mu2, sigma2, "Second statistics")
+    _check_same_dim(len(mu1), len(mu2), "The two statistics")
+    root1 = _psd_sqrt(sigma1)
+    s = root1 @ sigma2 @ root1
+    tr_covmean = np.sum(np.sqrt(_clip_eigenvalues(np.linalg.eigvalsh((s + s.T) / 2.0))))
+    diff = mu1 - mu2
+    fid = diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr_covmean
+    return float(max(fid, 0.0))
+
+
+# ----------------------------------------------------------------------------- Inception Score
+
+
+def _logsumexp(x: np.ndarray, axis: int) -> np.ndarray:
+    m = np.max(x, axis=axis, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    with np.errstate(divide="ignore"):
+        return np.squeeze(m, axis) + np.log(np.sum(np.exp(x - m), axis=axis))
+
+
+def inception_score(
+    logits_or_probs, splits: int = 10, from_logits: bool = True
+) -> tuple[float, float]:
+    """(mean, std) of the Inception Score exp(E_x KL(p(y|x) || p(y))) over `splits` chunks.
+
+    As DDPM, TF-GAN and the original IS code report it: the N rows are cut into `splits`
+    contiguous chunks (chunk i is rows [i N // splits, (i + 1) N // splits)), p(y) is the mean of
+    p(y|x) within a chunk, and the mean and (population) std of the chunk scores are returned.
+    `from_logits=False` takes probabilities [N, K] (rows are renormalised in float64)."""
+    x = _as_features(logits_or_probs, "logits_or_probs").astype(np.float64)
+    n = len(x)
+    if not 1 <= splits <= n:
+        raise ValueError(f"splits must lie in [1, N = {n}], got {splits}.")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("logits_or_probs contain NaN or inf.")
+    if from_logits:
+        log_p = x - _logsumexp(x, 1)[:, None]
+    else:
+        row_sums = x.sum(1)
+        if np.any(x < 0) or np.any(np.abs(row_sums - 1.0) > 1e-3):
+            raise ValueError(
+                "from_logits=False needs probabilities: non-negative rows that sum to 1 "
+                f"(row sums range over [{row_sums.min():.4g}, {row_sums.max():.4g}]). "
+                "Pass from_logits=True for logits."
+            )
+        with np.errstate(divide="ignore"):
+            log_p = np.log(x / row_sums[:, None])
+    p = np.exp(log_p)
+    scores = []
+    for i in range(splits):
+        rows = slice(i * n // splits, (i + 1) * n // splits)
+        chunk_p, chunk_log_p = p[rows], log_p[rows]
+        log_py = _logsumexp(chunk_log_p, 0) - np.log(len(chunk_p))  # log mean_x p(y|x)  [K]
+        with np.errstate(invalid="ignore"):  # 0 * (-inf - -inf) where p(y|x) = 0: the term is 0
+            terms = np.where(chunk_p > 0, chunk_p * (chunk_log_p - log_py), 0.0)
+        scores.append(np.exp(np.mean(np.sum(terms, 1))))
+    return float(np.mean(scores)), float(np.std(scores))
+
+
+# ----------------------------------------------------------------------------- KID
+
+
+def _cubic_kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """k(x, y) = (x.y / d + 1)^3, the polynomial kernel of KID."""
+    return (a @ b.T / a.shape[1] + 1.0) ** 3
+
+
+def _kid_inputs(f_real, f_fake, subset_size: int):
+    f_real = _as_features(f_real, "f_real")
+    f_fake = _as_features(f_fake, "f_fake")
+    _check_same_dim(f_real.shape[1], f_fake.shape[1], "f_real and f_fake")
+    m = min(subset_size, len(f_real), len(f_fake))
+    if m < 2:
+        raise ValueError(f"KID needs subsets of at least 2 samples, got subset size {m}.")
+    return f_real, f_fake, m
+
+
+def _pooled_subset(f_real, f_fake, m, rng):
+    """[2m, D] float64: m random rows of each set (without replacement), real rows first."""
+    real = f_real[rng.choice(len(f_real), m, replace=False)]
+    fake = f_fake[rng.choice(len(f_fake), m, replace=False)]
+    return np.concatenate([real, fake]).astype(np.float64)
+
+
+def kernel_inception_distance(
+    f_real, f_fake, num_subsets: int = 100, subset_size: int = 1000, seed: int = 0
+) -> tuple[float, float]:
+    """(mean, std) over random subsets of the unbiased MMD^2 with k(x, y) = (x.y / d + 1)^3.
+
+    KID as in Binkowski et al. (2018), TF-GAN and clean-fid: for each of `num_subsets` draws, m
+    rows of each set (m = min(subset_size, N_real, N_fake), without replacement) give
+
+        MMD^2_u = sum_{i!=j} k(x_i, x_j) / (m (m-1)) + sum_{i!=j} k(y_i, y_j) / (m (m-1))
+                  - 2 sum_{i,j} k(x_i, y_j) / m^2,
+
+    (`two_sample`'s estimator, on the pooled kernel matrix); it is 0 in expectation for equal
+    distributions and can be slightly negative."""
+    f_real, f_fake, m = _kid_inputs(f_real, f_fake, subset_size)
+    rng = np.random.default_rng(seed)
+    in_x = np.arange(2 * m) < m
+    values = []
+    for _ in range(num_subsets):
+        z = _pooled_subset(f_real, f_fake, m, rng)
+        values.append(two_sample._mmd2_from_kernel(_cubic_kernel(z, z), in_x))
+    return float(np.mean(values)), float(np.std(values))
+
+
+def kid_permutation_test(
+    f_real, f_fake, num_permutations: int = 200, subset_size: int = 1000, seed: int = 0
+) -> tuple[float, float]:
+    """(MMD^2_u, p-value) of H0: both feature sets come from the same distribution, with KID's
+    kernel on one random subset of m rows of each set: the p-value is the share of random
+    relabellings of the pooled 2m rows whose statistic is at least the observed one (the test of
+    `two_sample.mmd_permutation_test`, with the cubic kernel instead of a Gaussian)."""
+    f_real, f_fake, m = _kid_inputs(f_real, f_fake, subset_size)
+    rng = np.random.default_rng(seed)
+    z = _pooled_subset(f_real, f_fake, m, rng)
+    k = _cubic_kernel(z, z)
+    in_x = np.arange(2 * m) < m
+    observed = two_sample._mmd2_from_kernel(k, in_x)
+    exceed = sum(
+        two_sample._mmd2_from_kernel(k, rng.permutation(in_x)) >= observed
+        for _ in range(num_permutations)
+    )
+    return observed, (exceed + 1) / (num_permutations + 1)
+
+
+# ----------------------------------------------------------------------------- precision / recall
+
+
+def _sq_dists(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
+    """|a_i|^2 + |b_j|^2 - 2 a_i.b_j, clipped at 0: [A, D], [B, D] -> [A, B]."""
+    # HIGHEST: on recent GPUs the default float32 matmul is TF32, ~1e-3 relative error.
+    ab = jnp.matmul(a, b.T, precision=jax.lax.Precision.HIGHEST)
+    d2 = jnp.sum(a * a, 1)[:, None] + jnp.sum(b * b, 1)[None, :] - 2.0 * ab
+    return jnp.maximum(d2, 0.0)
+
+
+@functools.partial(jax.jit, static_argnames="k")
+def _merge_knn(a, b, a_start, b_start, num_valid, nearest, *, k):
+    """Fold block b into `nearest` [A, k], the k smallest squared distances from each row of a to
+    other rows of the same set; a row's own column and padding columns (>= num_valid) are
+    excluded."""
+    d2 = _sq_dists(a, b)  # [A, B]
+    rows = a_start + jnp.arange(a.shape[0])[:, None]
+    cols = b_start + jnp.arange(b.shape[0])[None, :]
+    d2 = jnp.where((rows == cols) | (cols >= num_valid), jnp.inf, d2)
+    return -jax.lax.top_k(-jnp.concatenate([nearest, d2], 1), k)[0]
+
+
+@jax.jit
+def _merge_covered(q, r, radius2, covered):
+    """covered [Q] |= some row of r lies within its radius of the query row."""
+    return covered | jnp.any(_sq_dists(q, r) <= radius2[None, :], axis=1)
+
+
+def _padded(x: np.ndarray, block: int) -> jnp.ndarray:
+    dtype = jax.dtypes.canonicalize_dtype(np.float64)  # float32 unless jax_enable_x64
+    pad = -len(x) % block
+    return jnp.asarray(np.pad(np.asarray(x, dtype), ((0, pad), (0, 0))))
+
+
+def _knn_radii2(x: jnp.ndarray, num_valid: int, k: int, block: int) -> jnp.ndarray:
+    """Squared distance of each row to its k-th nearest other row, block by block: [P]."""
+    radii = []
+    for i in range(0, len(x), block):
+        nearest = jnp.full((block, k), jnp.inf, x.dtype)
+        for j in range(0, len(x), block):
+            nearest = _merge_knn(x[i : i + block], x[j : j + block], i, j, num_valid, nearest, k=k)
+        radii.append(nearest[:, k - 1])
+    return jnp.concatenate(radii)
+
+
+def _coverage(queries, q_block, num_queries, refs, r_block, radii2) -> float:
+    """The share of the first num_queries rows of `queries` inside some ball (ref, radius)."""
+    covered = []
+    for i in range(0, len(queries), q_block):
+        hit = jnp.zeros(q_block, bool)
+        for j in range(0, len(refs), r_block):
+            hit = _merge_covered(
+                queries[i : i + q_block], refs[j : j + r_block], radii2[j : j + r_block], hit
+            )
+        covered.append(hit)
+    return float(np.mean(np.asarray(jnp.concatenate(covered))[:num_queries]))
+
+
+def precision_recall(real, fake, k: int = 3, batch_size: int = 5000) -> tuple[float, float]:
+    """Improved precision and recall (Kynkaanniemi et al. 2019) of fake features [M, D] against
+    real features [N, D].
+
+    Each set's manifold is the union of balls around its points, of radius the distance to the
+    point's k-th nearest neighbour in the same set (the point itself excluded). Precision is the
+    share of fake points inside the real manifold, recall the share of real points inside the fake
+    manifold. Distances are exact (|a|^2 + |b|^2 - 2 a.b, clipped at 0), computed in jitted
+    [batch_size, batch_size] blocks so that memory stays bounded for 50k x 50k; float32 unless
+    jax_enable_x64 is set."""
+    real = _as_features(real, "real")
+    fake = _as_features(fake, "fake")
+    _check_same_dim(real.shape[1], fake.shape[1], "real and fake")
+    n, m = len(real), len(fake)
+    if not 1 <= k < min(n, m):
+        raise ValueError(
+            f"k must lie in [1, min(N_real, N_fake) - 1] = [1, {min(n, m) - 1}], got {k}."
+        )
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}.")
+    r_block, f_block = min(batch_size, n), min(batch_size, m)
+    real_p, fake_p = _padded(real, r_block), _padded(fake, f_block)
+    # Padding rows get radius -1 so that they cover nothing.
+    real_r2 = jnp.where(jnp.arange(len(real_p)) < n, _knn_radii2(real_p, n, k, r_block), -1.0)
+    fake_r2 = jnp.where(jnp.arange(len(fake_p)) < m, _knn_radii2(fake_p, m, k, f_block), -1.0)
+    precision = _coverage(fake_p, f_block, m, real_p, r_block, real_r2)
+    recall = _coverage(real_p, r_block, n, fake_p, f_block, fake_r2)
+    return precision, recall
+
+
+# ----------------------------------------------------------------------------- statistics files
+
+
+def save_statistics(path: str | os.PathLike, mu, sigma, **metadata) -> Path:
+    """Write mu [D] and sigma [D, D] (float64) to an npz, with metadata such as num_images=50000,
+    extractor="inception_v3_pool3", dataset="cifar10", split="train", and optionally the raw
+    features=[N, D] array (which KID and precision / recall need). Returns the path written."""
+    mu, sigma = _check_stats(mu, sigma, "save_statistics")
+    for key, value in metadata.items():
+        if np.asarray(value).dtype == object:
+            raise ValueError(
+                f"Metadata must be strings, numbers or numeric arrays; {key!r} is not."
+            )
+    if "features" in metadata:
+        features = _as_features(metadata["features"], "features")
+        _check_same_dim(len(mu), features.shape[1], "mu and features")
+    path = Path(path)
+    if path.suffix != ".npz":
+        path = path.with_name(path.name + ".npz")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, mu=mu, sigma=sigma, **metadata)
+    return path
+
+
+def load_statistics(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(mu [D], sigma [D, D], metadata) from an npz, as float64.
+
+    Reads files with keys `mu` and `sigma` (`save_statistics`, TTUR's fid_stats_*.npz, clean-fid's
+    FID stats, guided-diffusion's reference batches), or raw features [N, D] under `features` or
+    `feats` (clean-fid's KID stats), whose statistics are computed (metadata["num_images"] = N
+    unless the file says otherwise). metadata holds the file's scalar entries as Python values
+    and its raw features, if any, as metadata["features"] (as stored); other arrays in the file
+    (images, spatial statistics) are not read."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No statistics file at {path}.")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise ValueError(f"{path} is not a readable .npz statistics file ({e}).") from e
+    if isinstance(data, np.ndarray):
+        raise ValueError(f"{path} is a single .npy array; statistics files are .npz archives.")
+    with data:
+        keys = list(data.keys())
+        metadata = {}
+        for key in keys:
+            if key not in ("mu", "sigma", *FEATURE_KEYS) and data[key].ndim == 0:
+                metadata[key] = data[key].item()
+        feature_key = next((key for key in FEATURE_KEYS if key in keys), None)
+        if feature_key is not None:
+            features = data[feature_key]
+            if features.ndim < 2 or len(features) == 0:
+                raise ValueError(
+                    f"{path}: {feature_key!r} must be [N, D] features, got {features.shape}."
+                )
+            metadata["features"] = features.reshape(len(features), -1)
+        if "mu" in keys and "sigma" in keys:
+            mu, sigma = _check_stats(data["mu"], data["sigma"], str(path))
+            if feature_key is not None:
+                _check_same_dim(len(mu), metadata["features"].shape[1], f"{path}: mu and features")
+            return mu, sigma, metadata
+        if feature_key is not None:
+            mu, sigma = feature_statistics(metadata["features"])
+            metadata.setdefault("num_images", len(features))
+            return mu, sigma, metadata
+    raise ValueError(
+        f"{path} holds neither statistics (keys 'mu' and 'sigma') nor raw features (one of "
+        f"{list(FEATURE_KEYS)}); its keys are {keys}."
+    )
