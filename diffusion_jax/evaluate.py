@@ -19,6 +19,7 @@ TTUR and clean-fid statistics files (keys mu, sigma) load as references without 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -234,7 +235,7 @@ def dataset_bpd(
     gathered once. Returns the means over examples: "bpd" (the bound, L_T + sum of L_t),
     "prior_bpd" (L_T), "decoder_bpd" (L_0), "vb_bpd" (the L_1..L_{T-1} sum), "mse" (mean eps
     MSE over t) and "num_examples"."""
-    from diffusion_jax import data, losses, schedules
+    from diffusion_jax import data, schedules
 
     config = run.config
     d = config.diffusion
@@ -249,27 +250,6 @@ def dataset_bpd(
         data_config.unlock()
         data_config.use_labels = True
 
-    def per_example(params, x0, y, idx):
-        keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(seed), i))(idx)
-        out = losses.calc_bpd_loop(
-            run.apply_fn,
-            params,
-            schedule,
-            x0,
-            keys,
-            y=y,
-            mean_type=d.mean_type,
-            var_type=d.var_type,
-        )
-        return {
-            "bpd": out["total_bpd"],
-            "prior_bpd": out["prior_bpd"],
-            "decoder_bpd": out["vb"][:, 0],
-            "vb_bpd": jnp.sum(out["vb"][:, 1:], axis=1),
-            "mse": jnp.mean(out["mse"], axis=1),
-        }
-
-    step = jax.jit(per_example)
     pc, pi = jax.process_count(), jax.process_index()
     it = data.make_eval_iterator(data_config, batch_size=bs, split=split)
     if progress:
@@ -294,7 +274,17 @@ def dataset_bpd(
             y = np.zeros((bs,), np.int32)
             y[:n] = np.asarray(batch["label"])[:n]
             y = jax.device_put(y, sharding)
-        out = step(run.params, jax.device_put(x0, sharding), y, jax.device_put(idx, sharding))
+        out = _bpd_terms(
+            run.apply_fn,
+            run.params,
+            schedule,
+            jax.device_put(x0, sharding),
+            y,
+            jax.device_put(idx, sharding),
+            jax.random.PRNGKey(seed),
+            mean_type=d.mean_type,
+            var_type=d.var_type,
+        )
         for k, v in out.items():
             sums[k] = sums.get(k, 0.0) + float(np.sum(np.asarray(v, np.float64)[:n]))
         count += n
@@ -310,6 +300,26 @@ def dataset_bpd(
     result = {k: float(v / total_count) for k, v in zip(keys, totals[:-1], strict=True)}
     result["num_examples"] = float(total_count)
     return result
+
+
+@functools.partial(jax.jit, static_argnames=("apply_fn", "mean_type", "var_type"))
+def _bpd_terms(apply_fn, params, schedule, x0, y, idx, key, *, mean_type, var_type):
+    """Each example's bound terms, with the noise of key fold_in(key, its index in the split).
+    Module-level and jitted on `apply_fn`, so repeated evaluations (training's hook) compile once.
+    """
+    from diffusion_jax import losses
+
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(idx)
+    out = losses.calc_bpd_loop(
+        apply_fn, params, schedule, x0, keys, y=y, mean_type=mean_type, var_type=var_type
+    )
+    return {
+        "bpd": out["total_bpd"],
+        "prior_bpd": out["prior_bpd"],
+        "decoder_bpd": out["vb"][:, 0],
+        "vb_bpd": jnp.sum(out["vb"][:, 1:], axis=1),
+        "mse": jnp.mean(out["mse"], axis=1),
+    }
 
 
 # ----------------------------------------------------------------------------- training hook

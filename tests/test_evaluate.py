@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import types
 from pathlib import Path
 
 import jax
@@ -189,3 +190,28 @@ def test_evaluate_explains_what_it_needs(capsys):
         cli.main(["evaluate", "--bpd"])
     with pytest.raises(ValueError, match="feature_workdir"):
         cli.main(["evaluate", "--samples", "x.npz", "--features", "classifier"])
+
+
+def test_training_eval_hook_logs_bpd_and_sample_metrics(tiny_run, feature_run, tmp_path):
+    config = tiny_run.config.copy_and_resolve_references()
+    config.eval.update(bpd_examples=10, num_samples=32, sampler="ddim", steps=2, batch_size=16)
+    config.eval.update(features="classifier", feature_workdir=str(feature_run))
+    eval_fn = evaluate.make_train_eval_fn(config, tiny_run.apply_fn, tmp_path)
+    state = types.SimpleNamespace(ema_params=tiny_run.params)
+    first = eval_fn(state, 5)
+    name = features.get_extractor("classifier", workdir=feature_run).name.replace(":", "_")
+    ref_file = tmp_path / "eval" / f"reference_{name}.npz"
+    assert ref_file.exists()  # the held-out reference, computed once and cached
+    expected_bpd = evaluate.dataset_bpd(tiny_run, max_examples=10, batch_size=16)["bpd"]
+    assert first["bpd"] == pytest.approx(expected_bpd, rel=1e-6)
+    assert {"fid", "kid", "precision", "recall", "is"} <= set(first)
+    # An untrained denoiser's 2-step samples are far from digits.
+    assert first["fid"] > 0 and first["precision"] < 0.5
+    mtime = ref_file.stat().st_mtime
+    again = eval_fn(state, 5)
+    assert again == first and ref_file.stat().st_mtime == mtime
+    logged = [json.loads(line) for line in (tmp_path / "eval" / "train_eval.jsonl").open()]
+    assert [e["step"] for e in logged] == [5, 5]
+
+    config.eval.update(bpd_examples=0, num_samples=0)
+    assert evaluate.make_train_eval_fn(config, tiny_run.apply_fn, tmp_path) is None
