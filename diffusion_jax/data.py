@@ -60,6 +60,7 @@ __all__ = [
     "DatasetNotFoundError",
     "ImageDecodeError",
     "dataset_info",
+    "example_shape",
     "make_eval_iterator",
     "make_train_iterator",
     "open_source",
@@ -141,6 +142,29 @@ def dataset_info(data_config: Any) -> DatasetInfo:
     eval_split = next(s for s in ("test", "validation", "train") if s in splits)
     shape = _image_shape(name, height, width, channels, image_size)
     return DatasetInfo(name, shape, num_classes, sizes, eval_split)
+
+
+# The native shape of each TFDS image dataset, so a trained or imported run can sample without the
+# data being prepared on this machine.
+_TFDS_SHAPES = {
+    "cifar10": (32, 32, 3),
+    "mnist": (28, 28, 1),
+    "fashion_mnist": (28, 28, 1),
+    "celeb_a_hq": (256, 256, 3),
+    "lsun/church_outdoor": (None, None, 3),
+    "lsun/bedroom": (None, None, 3),
+    "lsun/cat": (None, None, 3),
+}
+
+
+def example_shape(data_config: Any) -> tuple[int, ...]:
+    """The shape of one preprocessed example: `dataset_info(...).shape`, except that a TFDS
+    dataset need not be prepared here (sampling a run needs its shape, not its data)."""
+    name = _get(data_config, "dataset", "digits")
+    if name in _TFDS_SHAPES:
+        height, width, channels = _TFDS_SHAPES[name]
+        return _image_shape(name, height, width, channels, int(_get(data_config, "image_size", 0)))
+    return dataset_info(data_config).shape
 
 
 def _folder_source(data_config: Any) -> ImageFolderSource:

@@ -337,7 +337,7 @@ def make_train_eval_fn(config: Any, apply_fn: Any, workdir: str | Path):
     if not (ev.bpd_examples or ev.num_samples):
         return None
     workdir = Path(workdir)
-    shape = tuple(data.dataset_info(config.data).shape)
+    shape = tuple(data.example_shape(config.data))
     cache: dict[str, Any] = {}
 
     def reference(extractor):

@@ -57,7 +57,7 @@ def load_run(workdir: str | Path, *, step: int | None = None, use_ema: bool = Tr
         config = ml_collections.ConfigDict(ckpt.restore_config(step))
         from diffusion_jax import data
 
-        shape = tuple(data.dataset_info(config.data).shape)
+        shape = tuple(data.example_shape(config.data))
         model = create_model(config, shape)
         tx, _ = make_optimizer(config.optim)
         mesh = parallel.data_mesh()

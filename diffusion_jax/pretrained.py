@@ -1,0 +1,620 @@
+"""Importing the published DDPM checkpoints (diffusers' `UNet2DModel` layout) into our U-Net.
+
+    diffusion-jax import-weights --from ddpm-cifar10-32 --out runs/ddpm_cifar10
+    diffusion-jax sample --workdir runs/ddpm_cifar10 --num 64 --sampler ddim --steps 50
+
+    config, tensors = pretrained.read_diffusers_checkpoint("ddpm-cifar10-32")  # folder, unet/, file
+    unet_kwargs, params = pretrained.convert_unet(config, tensors)    # UNet(**unet_kwargs), params
+    pretrained.import_weights("ddpm-church-256", "runs/church")       # a run directory
+
+The checkpoints are google/ddpm-cifar10-32, -celebahq-256, -church-256, -bedroom-256 and -cat-256
+(Ho et al. 2020, converted from the TensorFlow originals): a folder with `config.json` and
+`diffusion_pytorch_model.safetensors` (read with `safetensors`, no torch) or `.bin` (needs torch).
+Their weights are the EMA weights, so an imported run has params = ema_params = the checkpoint.
+
+Only the DDPM layout is accepted: positional time embedding with [sin, cos] and DDPM's frequency
+spacing (flip_sin_to_cos=False, freq_shift=1), GroupNorm(32, eps 1e-6), one attention head per
+layer, TF-style asymmetric padding of the stride-2 convs (downsample_padding=0), the same levels
+with attention on the way down and up. Anything else is refused by name, because it would load
+and then compute something else. Older files name the attention projections query/key/value/
+proj_attn instead of to_q/to_k/to_v/to_out.0; both are read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import re
+import shutil
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from diffusion_jax import schedules, timestep_sampling
+from diffusion_jax.checkpoint import Checkpointer, CheckpointError
+from diffusion_jax.models.layers import GROUPNORM_EPSILON, GROUPNORM_GROUPS
+from diffusion_jax.models.unet import UNet
+from diffusion_jax.train_state import create_train_state, make_optimizer
+
+WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+PROVENANCE_FILE = "imported_from.json"
+DOWNLOAD_HINT = (
+    "Download one first, e.g. `hf download google/ddpm-cifar10-32 --local-dir ddpm-cifar10-32` "
+    "(pip install huggingface_hub), and pass that folder."
+)
+# experiments/configs/<name>.py per checkpoint family, chosen from the folder name.
+NAMED_CONFIGS = {"cifar": "cifar10", "celeba": "celebahq256", "celebahq": "celebahq256",
+                 "church": "lsun_church", "bedroom": "lsun_bedroom", "cat": "lsun_cat"}  # fmt: skip
+DEFAULT_256_CONFIG = "celebahq256"
+
+
+class PretrainedError(ValueError):
+    """A checkpoint cannot be read or imported; the message says what is wrong and what to do."""
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def read_diffusers_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
+    """(config.json as a dict, {tensor name: float32 array in PyTorch layout}).
+
+    `path` is a model folder, a pipeline folder with the model in `unet/`, or a weights file next
+    to its config.json. Safetensors files are read with `safetensors.numpy`; `.bin` files need
+    torch (loaded with weights_only=True)."""
+    weights = _weights_file(Path(path))
+    config_file = weights.parent / "config.json"
+    if not config_file.is_file():
+        raise PretrainedError(f"{weights} has no config.json beside it ({config_file}).")
+    config = json.loads(config_file.read_text())
+    if weights.suffix == ".safetensors":
+        tensors = _read_safetensors(weights)
+    else:
+        tensors = _read_torch_bin(weights)
+    return config, {name: np.ascontiguousarray(a, dtype=np.float32) for name, a in tensors.items()}
+
+
+def _weights_file(path: Path) -> Path:
+    if path.is_file():
+        if not path.name.endswith((".safetensors", ".bin")):
+            raise PretrainedError(f"{path} is neither a .safetensors nor a .bin weights file.")
+        return path
+    if not path.is_dir():
+        raise PretrainedError(f"No checkpoint at {path}: it does not exist. {DOWNLOAD_HINT}")
+    if not (path / "config.json").is_file() and (path / "unet" / "config.json").is_file():
+        path = path / "unet"  # a pipeline folder: the U-Net lives in unet/
+    for name in WEIGHT_FILES:
+        if (path / name).is_file():
+            return path / name
+    found = sorted(p.name for p in path.iterdir())[:20]
+    raise PretrainedError(
+        f"No weights in {path}: expected {' or '.join(WEIGHT_FILES)} (and config.json) there or "
+        f"in its unet/ folder; found {found or 'nothing'}. {DOWNLOAD_HINT}"
+    )
+
+
+def _read_safetensors(file: Path) -> dict[str, np.ndarray]:
+    try:
+        from safetensors.numpy import load_file
+    except ImportError as e:
+        raise PretrainedError(
+            f"Reading {file} needs the safetensors package: `pip install safetensors`."
+        ) from e
+    return load_file(str(file))
+
+
+def _read_torch_bin(file: Path) -> dict[str, np.ndarray]:
+    try:
+        import torch
+    except ImportError as e:
+        raise PretrainedError(
+            f"{file} is a PyTorch pickle, which needs torch to read: `pip install torch` (the CPU "
+            "build is enough), or use the folder's diffusion_pytorch_model.safetensors instead."
+        ) from e
+    state = torch.load(str(file), map_location="cpu", weights_only=True)
+    if not isinstance(state, Mapping):
+        raise PretrainedError(f"{file} holds a {type(state).__name__}, not a state dict.")
+    return {k: v.detach().float().numpy() for k, v in state.items() if torch.is_tensor(v)}
+
+
+# ----------------------------------------------------------------------------- the config
+
+# UNet2DModel's defaults (diffusers), which apply to keys a config.json leaves out.
+_DEFAULTS: dict[str, Any] = dict(
+    sample_size=None, in_channels=3, out_channels=3, center_input_sample=False,
+    time_embedding_type="positional", time_embedding_dim=None, freq_shift=0, flip_sin_to_cos=True,
+    down_block_types=None, mid_block_type="UNetMidBlock2D", up_block_types=None,
+    block_out_channels=None, layers_per_block=2, mid_block_scale_factor=1, downsample_padding=1,
+    downsample_type="conv", upsample_type="conv", dropout=0.0, act_fn="silu",
+    attention_head_dim=8, norm_num_groups=32, attn_norm_num_groups=None, norm_eps=1e-5,
+    resnet_time_scale_shift="default", add_attention=True, class_embed_type=None,
+    num_class_embeds=None, num_train_timesteps=None,
+)  # fmt: skip
+# The value each field must have for the network to compute what our DDPM U-Net computes.
+_DDPM_VALUES: dict[str, Any] = dict(
+    center_input_sample=False, time_embedding_type="positional", freq_shift=1,
+    flip_sin_to_cos=False, mid_block_type="UNetMidBlock2D", mid_block_scale_factor=1,
+    downsample_padding=0, downsample_type="conv", upsample_type="conv",
+    norm_num_groups=GROUPNORM_GROUPS, norm_eps=GROUPNORM_EPSILON,
+    resnet_time_scale_shift="default", add_attention=True, class_embed_type=None,
+    num_class_embeds=None,
+)  # fmt: skip
+_BLOCKS = {"down": ("DownBlock2D", "AttnDownBlock2D"), "up": ("UpBlock2D", "AttnUpBlock2D")}
+
+
+def _same(value: Any, wanted: Any) -> bool:
+    if wanted is None or isinstance(wanted, bool):
+        return value is wanted
+    if isinstance(wanted, int | float):
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        return number and math.isclose(value, wanted, rel_tol=1e-6)
+    return value == wanted
+
+
+def ddpm_unet_kwargs(config: Mapping) -> dict[str, Any]:
+    """The `UNet(**kwargs)` of a DDPM-layout UNet2DModel config.json; PretrainedError naming
+    every field whose value our U-Net cannot reproduce."""
+    if config.get("_class_name", "UNet2DModel") != "UNet2DModel":
+        raise PretrainedError(
+            f"config.json describes a {config['_class_name']}, not a UNet2DModel."
+        )
+    unknown = sorted(k for k in config if not k.startswith("_") and k not in _DEFAULTS)
+    c = {**_DEFAULTS, **{k: v for k, v in config.items() if k in _DEFAULTS}}
+    bad = [f"unknown fields {unknown}"] if unknown else []
+    for key in ("sample_size", "block_out_channels", "down_block_types", "up_block_types"):
+        if not c[key]:
+            bad.append(f"{key} is missing")
+    bad += [
+        f"{key}={c[key]!r} (DDPM: {wanted!r})"
+        for key, wanted in _DDPM_VALUES.items()
+        if not _same(c[key], wanted)
+    ]
+    if c["act_fn"] not in ("silu", "swish"):
+        bad.append(f"act_fn={c['act_fn']!r} (DDPM: 'silu')")
+    if c["attn_norm_num_groups"] not in (None, GROUPNORM_GROUPS):
+        bad.append(f"attn_norm_num_groups={c['attn_norm_num_groups']!r} (DDPM: None)")
+    if bad:
+        raise _layout_error(bad)
+
+    channels = [int(n) for n in c["block_out_channels"]]
+    down, up, levels = list(c["down_block_types"]), list(c["up_block_types"]), len(channels)
+    size = c["sample_size"]
+    size = size if isinstance(size, int) else (size[0] if len(set(size)) == 1 else None)
+    ch = channels[0]
+    if len(down) != levels or len(up) != levels:
+        bad.append(f"{levels} block_out_channels but {len(down)} down / {len(up)} up blocks")
+    bad += [f"{kind} block type {name!r} (DDPM: one of {_BLOCKS[kind]})"
+            for kind, names in (("down", down), ("up", up))
+            for name in names if name not in _BLOCKS[kind]]  # fmt: skip
+    if any(n % ch or n % GROUPNORM_GROUPS for n in channels):
+        bad.append(
+            f"block_out_channels={channels}: each must be a multiple of the first and of "
+            f"{GROUPNORM_GROUPS}"
+        )
+    if size is None or size % 2 ** (levels - 1):
+        bad.append(f"sample_size={c['sample_size']!r}: a square size divisible by 2**{levels - 1}")
+    if c["out_channels"] != c["in_channels"]:
+        bad.append(f"out_channels={c['out_channels']} != in_channels={c['in_channels']}")
+    if c["time_embedding_dim"] not in (None, 4 * ch):
+        bad.append(f"time_embedding_dim={c['time_embedding_dim']} (DDPM: None, i.e. {4 * ch})")
+    if bad:
+        raise _layout_error(bad)
+
+    attn_down = [i for i, name in enumerate(down) if name.startswith("Attn")]
+    attn_up = sorted(levels - 1 - k for k, name in enumerate(up) if name.startswith("Attn"))
+    if attn_down != attn_up:
+        bad.append(
+            f"attention at levels {attn_down} on the way down but {attn_up} on the way up "
+            "(up_blocks run from the lowest resolution)"
+        )
+    head = c["attention_head_dim"]
+    multi = [n for n in {channels[i] for i in attn_down} | {channels[-1]} if head not in (None, n)]
+    if multi:
+        bad.append(
+            f"attention_head_dim={head} makes {', '.join(f'{n} // {head}' for n in multi)} heads "
+            "(DDPM: one head, attention_head_dim=None)"
+        )
+    if bad:
+        raise _layout_error(bad)
+    return dict(
+        ch=ch,
+        ch_mult=tuple(n // ch for n in channels),
+        num_res_blocks=int(c["layers_per_block"]),
+        attn_resolutions=tuple(size // 2**i for i in attn_down),
+        dropout=float(c["dropout"]),
+        resamp_with_conv=True,
+    )
+
+
+def _layout_error(problems: Sequence[str]) -> PretrainedError:
+    return PretrainedError(
+        "config.json is not a DDPM-layout UNet2DModel that diffusion_jax's U-Net can reproduce: "
+        + "; ".join(problems)
+        + "."
+    )
+
+
+def image_shape(config: Mapping) -> tuple[int, int, int]:
+    """(H, W, C) of the images a UNet2DModel config.json was trained on."""
+    size = config["sample_size"]
+    size = size if isinstance(size, int) else size[0]
+    return (size, size, int(config.get("in_channels", _DEFAULTS["in_channels"])))
+
+
+# ----------------------------------------------------------------------------- the weights
+
+_TOP = {"conv_in": "conv_in", "temb_dense0": "time_embedding.linear_1",
+        "temb_dense1": "time_embedding.linear_2", "norm_out": "conv_norm_out",
+        "conv_out": "conv_out", "mid_block_1": "mid_block.resnets.0",
+        "mid_block_2": "mid_block.resnets.1", "mid_attn_1": "mid_block.attentions.0"}  # fmt: skip
+_SUB = {"norm1": "norm1", "conv1": "conv1", "temb_proj": "time_emb_proj", "norm2": "norm2",
+        "conv2": "conv2", "nin_shortcut": "conv_shortcut", "norm": "group_norm", "q": "to_q",
+        "k": "to_k", "v": "to_v", "proj_out": "to_out.0", "conv": "conv"}  # fmt: skip
+_LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias"}
+_DEPRECATED = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
+_DEPRECATED_RE = re.compile(r"(.*\.attentions\.\d+)\.(query|key|value|proj_attn)\.(weight|bias)")
+
+
+def diffusers_name(path: Sequence[str], num_levels: int) -> str:
+    """The diffusers tensor name of our parameter at `path` (e.g. ("up_3_block_0", "conv1",
+    "kernel") -> "up_blocks.0.resnets.0.conv1.weight": up_blocks run from the lowest level)."""
+    top, *inner, leaf = path
+    if top in _TOP:
+        module = _TOP[top]
+    elif m := re.fullmatch(r"(down|up)_(\d+)_(block|attn)_(\d+)", top):
+        side, level, kind, j = m.group(1), int(m.group(2)), m.group(3), m.group(4)
+        block = f"down_blocks.{level}" if side == "down" else f"up_blocks.{num_levels - 1 - level}"
+        module = f"{block}.{'resnets' if kind == 'block' else 'attentions'}.{j}"
+    elif m := re.fullmatch(r"(down|up)_(\d+)_(downsample|upsample)", top):
+        level = int(m.group(2))
+        block = (
+            f"down_blocks.{level}"
+            if m.group(1) == "down"
+            else f"up_blocks.{num_levels - 1 - level}"
+        )
+        module = f"{block}.{m.group(3)}rs.0"
+    else:
+        raise PretrainedError(f"No diffusers name for the U-Net parameter {'/'.join(path)}.")
+    return ".".join([module, *(_SUB[name] for name in inner), _LEAF[leaf]])
+
+
+def _torch_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """PyTorch layout of a Flax shape: conv HWIO -> OIHW, dense [in, out] -> [out, in]."""
+    if len(shape) == 4:
+        return (shape[3], shape[2], shape[0], shape[1])
+    return tuple(reversed(shape)) if len(shape) == 2 else shape
+
+
+def _to_flax(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
+    """`array` (PyTorch layout) in the layout of Flax `shape`, or None if it cannot fit."""
+    if len(shape) == 4 and array.ndim == 4:
+        array = array.transpose(2, 3, 1, 0)  # conv [O, I, kh, kw] -> [kh, kw, I, O]
+    elif len(shape) == 2:
+        # Linear [O, I] -> [I, O]; a 1x1 conv [O, I, 1, 1] (the resnet shortcut) is the same.
+        if array.ndim > 2 and all(d == 1 for d in array.shape[2:]):
+            array = array.reshape(array.shape[:2])
+        array = array.T if array.ndim == 2 else array
+    return np.ascontiguousarray(array) if array.shape == shape else None
+
+
+def _rename_deprecated(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    out = {}
+    for name, array in tensors.items():
+        if m := _DEPRECATED_RE.fullmatch(name):
+            new = f"{m.group(1)}.{_DEPRECATED[m.group(2)]}.{m.group(3)}"
+            if new in tensors:
+                raise PretrainedError(f"The checkpoint has both {name} and {new}; keep one.")
+            name = new
+        out[name] = array
+    return out
+
+
+def convert_unet(
+    config: Mapping, tensors: Mapping[str, np.ndarray]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(UNet kwargs, Flax params) of a DDPM-layout UNet2DModel checkpoint.
+
+    Every tensor goes to exactly one parameter of `UNet(**kwargs)`, converted from PyTorch's
+    layout (conv OIHW -> HWIO, linear and 1x1 projections transposed). PretrainedError lists the
+    missing tensors, the tensors no parameter takes, and the shape mismatches, by name."""
+    kwargs = ddpm_unet_kwargs(config)
+    h, w, c = image_shape(config)
+    x = jax.ShapeDtypeStruct((1, h, w, c), jnp.float32)
+    t = jax.ShapeDtypeStruct((1,), jnp.int32)
+    abstract = jax.eval_shape(UNet(**kwargs).init, jax.random.key(0), x, t)["params"]
+    expected = traverse_util.flatten_dict(abstract)
+    remaining = _rename_deprecated(tensors)
+    flat, missing, wrong = {}, [], []
+    for path, leaf in expected.items():
+        name = diffusers_name(path, len(kwargs["ch_mult"]))
+        if name not in remaining:
+            missing.append(name)
+            continue
+        array = remaining.pop(name)
+        converted = _to_flax(np.asarray(array, np.float32), tuple(leaf.shape))
+        if converted is None:
+            wrong.append(f"{name} {tuple(array.shape)}, expected {_torch_shape(leaf.shape)}")
+        flat[path] = converted
+    problems = [
+        f"{len(names)} {what}: {_first(names)}"
+        for names, what in (
+            (missing, "missing tensors"),
+            (sorted(remaining), "extra tensors that no U-Net parameter takes"),
+            (wrong, "shape mismatches"),
+        )
+        if names
+    ]
+    if problems:
+        raise PretrainedError(
+            f"The weights do not fit the U-Net their config.json describes ({_describe(kwargs)}): "
+            + "; ".join(problems)
+            + ". Is the config.json the one saved with these weights?"
+        )
+    return kwargs, traverse_util.unflatten_dict(flat)
+
+
+def _first(names: Sequence[str], limit: int = 8) -> str:
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def _describe(kwargs: Mapping) -> str:
+    return (
+        f"ch={kwargs['ch']}, ch_mult={tuple(kwargs['ch_mult'])}, "
+        f"num_res_blocks={kwargs['num_res_blocks']}, "
+        f"attention at {tuple(kwargs['attn_resolutions'])}"
+    )
+
+
+# ----------------------------------------------------------------------------- the diffusion
+
+# diffusers scheduler names -> ours; the betas themselves are compared before they are accepted.
+_BETA_SCHEDULES = {"linear": "linear", "scaled_linear": "quadratic",
+                   "squaredcos_cap_v2": "cosine", "sigmoid": "sigmoid"}  # fmt: skip
+_VAR_TYPES = {"fixed_small": "fixed_small", "fixed_small_log": "fixed_small",
+              "fixed_large": "fixed_large", "fixed_large_log": "fixed_large"}  # fmt: skip
+_MEAN_TYPES = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
+
+
+def find_scheduler_config(model_dir: str | os.PathLike) -> Path | None:
+    """The scheduler_config.json that came with the model in `model_dir`, if any."""
+    model_dir = Path(model_dir)
+    folders = [model_dir, model_dir / "scheduler"]
+    if model_dir.name == "unet":  # a pipeline folder: unet/ and scheduler/ side by side
+        folders += [model_dir.parent / "scheduler", model_dir.parent]
+    return next(
+        (f / "scheduler_config.json" for f in folders if (f / "scheduler_config.json").is_file()),
+        None,
+    )
+
+
+def _diffusers_betas(name: str, num_timesteps: int, start: float, end: float) -> np.ndarray:
+    """The betas diffusers' schedulers compute (float64), to check that ours are the same."""
+    if name == "linear":
+        return np.linspace(start, end, num_timesteps)
+    if name == "scaled_linear":
+        return np.linspace(start**0.5, end**0.5, num_timesteps) ** 2
+    if name == "sigmoid":
+        return start + (end - start) / (1.0 + np.exp(-np.linspace(-6.0, 6.0, num_timesteps)))
+    u = np.arange(num_timesteps + 1) / num_timesteps  # squaredcos_cap_v2
+    alpha_bar = np.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2
+    return np.minimum(1.0 - alpha_bar[1:] / alpha_bar[:-1], 0.999)
+
+
+def diffusion_settings(scheduler: Mapping) -> dict[str, Any]:
+    """The `config.diffusion` values of a diffusers scheduler config (DDPMScheduler, ...):
+    num_timesteps, beta_schedule, mean_type, and var_type when the scheduler names one."""
+    steps = int(scheduler.get("num_train_timesteps", 1000))
+    name = scheduler.get("beta_schedule", "linear")
+    start, end = scheduler.get("beta_start", 1e-4), scheduler.get("beta_end", 0.02)
+    prediction = scheduler.get("prediction_type", "epsilon")
+    variance = scheduler.get("variance_type")
+    bad = []
+    if scheduler.get("trained_betas") is not None:
+        bad.append("trained_betas (an explicit list of betas)")
+    if name not in _BETA_SCHEDULES:
+        bad.append(f"beta_schedule={name!r} (supported: {sorted(_BETA_SCHEDULES)})")
+    else:
+        ours = schedules.get_beta_schedule(_BETA_SCHEDULES[name], steps)
+        if not np.allclose(ours, _diffusers_betas(name, steps, start, end), rtol=1e-6, atol=0):
+            bad.append(
+                f"{name} betas from {start} to {end} over {steps} steps (diffusion_jax's "
+                f"{_BETA_SCHEDULES[name]!r} schedule runs from {ours[0]:.4g} to {ours[-1]:.4g})"
+            )
+    if prediction not in _MEAN_TYPES:
+        bad.append(f"prediction_type={prediction!r} (supported: {sorted(_MEAN_TYPES)})")
+    if variance is not None and variance not in _VAR_TYPES:
+        bad.append(f"variance_type={variance!r} (supported: {sorted(_VAR_TYPES)})")
+    if bad:
+        raise PretrainedError(
+            "scheduler_config.json describes a diffusion diffusion_jax cannot reproduce: "
+            + "; ".join(bad)
+            + "."
+        )
+    settings = dict(
+        beta_schedule=_BETA_SCHEDULES[name],
+        num_timesteps=steps,
+        mean_type=_MEAN_TYPES[prediction],
+    )
+    if variance is not None:
+        settings["var_type"] = _VAR_TYPES[variance]
+    return settings
+
+
+# ----------------------------------------------------------------------------- the run
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "experiments" / "configs"
+
+
+def guess_config_name(model_dir: str | os.PathLike, image_size: int) -> str:
+    """The experiments/configs name for a checkpoint: from its folder's name (ddpm-church-256 ->
+    lsun_church), else cifar10 for 32x32 images and celebahq256 for larger ones."""
+    parts = Path(model_dir).absolute().parts  # symlinks kept: their names are the user's
+    names = [parts[-1]] + ([parts[-2]] if parts[-1] == "unet" else [])
+    if "snapshots" in parts[:-1]:  # the Hugging Face cache: models--google--ddpm-cat-256/...
+        names.append(parts[parts.index("snapshots") - 1])
+    for token in re.split(r"[^a-z0-9]+", " ".join(names).lower()):
+        for key, config_name in NAMED_CONFIGS.items():
+            if token == key or (len(key) > 3 and token.startswith(key)):
+                return config_name
+    return "cifar10" if image_size <= 32 else DEFAULT_256_CONFIG
+
+
+def load_training_config(name: str):
+    """(ConfigDict, file) of experiments/configs/<name>.py, or of a config file's path."""
+    file = Path(name) if name.endswith(".py") else CONFIG_DIR / f"{name}.py"
+    if not file.is_file():
+        known = sorted(p.stem for p in CONFIG_DIR.glob("*.py")) if CONFIG_DIR.is_dir() else []
+        raise PretrainedError(
+            f"No training config {name!r} ({file} does not exist). Pass --config with one of "
+            f"{known or ['...']} or the path of a config file."
+        )
+    spec = importlib.util.spec_from_file_location("_diffusion_jax_import_config", file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(), file
+
+
+def _set(section, updates: Mapping[str, Any], prefix: str, changes: list[str]) -> None:
+    for key, value in updates.items():
+        old = section[key]
+        if isinstance(old, list | tuple):
+            value = type(old)(value)  # a ConfigDict field keeps its type
+        if old != value:
+            changes.append(f"{prefix}.{key}: {old!r} -> {value!r}")
+        section[key] = value
+
+
+def imported_config(checkpoint_config: Mapping, unet_kwargs: Mapping, scheduler, name: str):
+    """(training ConfigDict, its file, changes made): the named experiment config with the
+    checkpoint's architecture, image size and (if given) scheduler settings."""
+    config, file = load_training_config(name)
+    changes: list[str] = []
+    structural = ("ch", "ch_mult", "num_res_blocks", "attn_resolutions", "resamp_with_conv")
+    _set(config.model, {k: unet_kwargs[k] for k in structural}, "model", changes)
+    _set(config.model, dict(name="unet", num_classes=0), "model", changes)
+    _set(config.data, dict(image_size=image_shape(checkpoint_config)[0]), "data", changes)
+    if scheduler is not None:
+        _set(config.diffusion, diffusion_settings(scheduler), "diffusion", changes)
+    return config, file, changes
+
+
+def _train_state(config, params):
+    """A TrainState at step 0 whose params and EMA are both `params` (fresh optimizer state)."""
+    tx, _ = make_optimizer(config.optim)
+    _, state_key = jax.random.split(jax.random.PRNGKey(config.seed))  # as train.init_train_state
+    history = None
+    if config.diffusion.timestep_sampler == "importance":
+        history = timestep_sampling.init_loss_history(config.diffusion.num_timesteps)
+    # One compiled function: building the optimizer state leaf by leaf compiles once per shape.
+    return jax.jit(lambda p: create_train_state(p, tx, state_key, history))(params)
+
+
+def _refuse_existing(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise PretrainedError(
+            f"{out} already exists and is not empty; importing never overwrites a run. Choose "
+            "another --out, or delete it first."
+        )
+
+
+def import_weights(
+    src: str | os.PathLike, out: str | os.PathLike, *, config_name: str | None = None
+) -> Path:
+    """Writes the run directory `out` from the checkpoint at `src`; returns `out`.
+
+    The run holds an orbax checkpoint (step 0, params = ema_params = the checkpoint's weights,
+    a fresh optimizer state) with the training config `config_name` (an experiments/configs
+    name or a .py path; default from `guess_config_name`) updated to the checkpoint's U-Net,
+    image size and scheduler_config.json, plus config.json and imported_from.json. It is
+    written to a temporary directory beside `out` and renamed, so a failed import leaves
+    nothing; an existing non-empty `out` is refused. `generate.load_run(out)` reads it."""
+    out = Path(out)
+    _refuse_existing(out)
+    weights = _weights_file(Path(src))
+    checkpoint_config, tensors = read_diffusers_checkpoint(weights)
+    kwargs, params = convert_unet(checkpoint_config, tensors)
+    del tensors
+    shape = image_shape(checkpoint_config)
+    scheduler_file = find_scheduler_config(weights.parent)
+    scheduler = json.loads(scheduler_file.read_text()) if scheduler_file else None
+    name = config_name or guess_config_name(weights.parent, shape[0])
+    config, config_file, changes = imported_config(checkpoint_config, kwargs, scheduler, name)
+    state = _train_state(config, params)
+    provenance = dict(
+        source=str(weights.absolute()),
+        diffusers_version=checkpoint_config.get("_diffusers_version"),
+        scheduler_config=str(scheduler_file.absolute()) if scheduler_file else None,
+        training_config=str(config_file),
+        changes=changes,
+        unet={k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()},
+        image_shape=list(shape),
+        num_params=int(sum(p.size for p in jax.tree_util.tree_leaves(params))),
+        step=0,
+        note="params and ema_params are both the imported weights (published as EMA weights)",
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.importing-", dir=out.parent))
+    try:
+        with Checkpointer(tmp, async_save=False) as ckpt:
+            ckpt.save(0, state, config, force=True)
+        (tmp / "config.json").write_text(config.to_json_best_effort(indent=2))
+        (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2))
+        _refuse_existing(out)  # another process may have written it meanwhile
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def import_weights_main(argv: list[str]) -> int:
+    """`diffusion-jax import-weights --from DIR --out RUN [--config NAME]`."""
+    parser = argparse.ArgumentParser(
+        prog="diffusion-jax import-weights",
+        description="Import a published DDPM checkpoint (diffusers UNet2DModel folder: "
+        "config.json + diffusion_pytorch_model.safetensors or .bin) as a run directory that "
+        "`diffusion-jax sample --workdir OUT` reads.",
+    )
+    parser.add_argument(
+        "--from", dest="src", required=True, help="the model folder, its unet/, or a weights file"
+    )
+    parser.add_argument("--out", required=True, help="the run directory to create (must not exist)")
+    parser.add_argument(
+        "--config",
+        default=None,
+        help="training config: an experiments/configs name (cifar10, celebahq256, lsun_church, "
+        "lsun_bedroom, lsun_cat) or a .py file; default from the folder name and image size",
+    )
+    args = parser.parse_args(argv)
+    try:
+        out = import_weights(args.src, args.out, config_name=args.config)
+    except (PretrainedError, CheckpointError) as e:
+        print(f"diffusion-jax import-weights: error: {e}", file=sys.stderr)
+        return 1
+    info = json.loads((out / PROVENANCE_FILE).read_text())
+    unet, (h, w, c) = info["unet"], info["image_shape"]
+    attn = ", ".join(f"{r}x{r}" for r in unet["attn_resolutions"]) or "none"
+    print(f"Imported {info['source']} into {out}")
+    print(
+        f"  {info['num_params']:,} parameters: DDPM U-Net ch={unet['ch']}, "
+        f"ch_mult={tuple(unet['ch_mult'])}, {unet['num_res_blocks']} blocks per level, "
+        f"attention at {attn}, images {h}x{w}x{c}"
+    )
+    print(f"  training config: {info['training_config']}")
+    for change in info["changes"]:
+        print(f"    {change}")
+    if info["scheduler_config"] is None:
+        print("  no scheduler_config.json found: the config's diffusion settings are kept")
+    print("  params = ema_params = the imported (EMA) weights, at step 0")
+    print(f"Sample with: diffusion-jax sample --workdir {out} --sampler ddim --steps 50")
+    return 0
