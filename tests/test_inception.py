@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from diffusion_jax.evaluation import inception
+from diffusion_jax.evaluation.features import BatchedExtractor
 
 FIXTURE = json.loads((Path(__file__).parent / "data" / "pt_inception_layout.json").read_text())
 LAYOUT = FIXTURE["tensors"]
@@ -237,7 +238,7 @@ def test_batches_are_sharded_and_padded(reference_outputs, inception_fn):
 
 def test_extractor_batches_pads_and_returns_float64(reference_outputs, inception_fn):
     images, pool, logits = reference_outputs
-    extract = inception.InceptionExtractor(inception_fn, batch_size=2, multiple=2, progress=True)
+    extract = BatchedExtractor("inception-fid", 2048, 1008, inception_fn, 2, 2, progress=True)
     assert (extract.name, extract.feature_dim, extract.num_logits) == ("inception-fid", 2048, 1008)
     three = np.concatenate([images, images[:1]])  # batches [0, 1] and [2 + pad]
     features, out = extract(three)
@@ -247,8 +248,11 @@ def test_extractor_batches_pads_and_returns_float64(reference_outputs, inception
     np.testing.assert_allclose(out, np.concatenate([logits, logits[:1]]), rtol=1e-5, atol=1e-5)
     empty_features, empty_logits = extract(images[:0])
     assert empty_features.shape == (0, 2048) and empty_logits.shape == (0, 1008)
-    with pytest.raises(ValueError, match=r"\[N, H, W, 3\]"):
+    with pytest.raises(ValueError, match=r"\[N, H, W, C\]"):
         extract(images[..., 0])
+    # Grayscale images are seen as three equal channels.
+    gray = images[..., :1]
+    np.testing.assert_allclose(extract(gray)[0], extract(np.repeat(gray, 3, -1))[0], rtol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -63,39 +63,46 @@ def check_images(images: np.ndarray, what: str = "images") -> np.ndarray:
 class BatchedExtractor:
     """Runs ``fn(uint8 [B, H, W, C]) -> (features [B, D], logits [B, K])`` over N images.
 
-    Every call uses batches of exactly ``batch_size`` (rounded up to a multiple of the local
-    device count; the last batch is padded and the padding dropped), split over the local
-    devices, so a run compiles once per image shape."""
+    ``fn`` takes a host batch and splits it over its devices. Every call uses batches of exactly
+    ``batch_size`` (the last one padded, the padding dropped), so one shape compiles for any N;
+    N below ``batch_size`` is one batch of N rounded up to ``multiple`` (the device count). Batch
+    k is dispatched before batch k - 1 is copied back, so the devices stay busy."""
 
     name: str
     feature_dim: int
     num_logits: int
-    fn: Callable[[jax.Array], tuple[jax.Array, jax.Array]]
+    fn: Callable[[np.ndarray], tuple[Any, Any]]
     batch_size: int = 256
+    multiple: int = 1
     progress: bool = False
 
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         images = check_images(images)
-        mesh = local_mesh()
-        bs = -(-self.batch_size // mesh.size) * mesh.size
-        sharding = NamedSharding(mesh, P("data"))
-        feats, logits = [], []
-        starts = range(0, len(images), bs)
+        num = len(images)
+        batch = min(self.batch_size, -(-max(num, 1) // self.multiple) * self.multiple)
+        feats = np.empty((num, self.feature_dim), np.float64)
+        logits = np.empty((num, self.num_logits), np.float64)
+        starts = range(0, num, batch)
         if self.progress:
-            from tqdm import tqdm
+            from tqdm.auto import tqdm
 
             starts = tqdm(starts, desc=f"features ({self.name})", unit="batch")
+        pending = []
         for start in starts:
-            chunk = images[start : start + bs]
+            chunk = images[start : start + batch]
             n = len(chunk)
-            if n < bs:
-                chunk = np.concatenate([chunk, np.zeros((bs - n, *chunk.shape[1:]), np.uint8)])
-            f, lg = self.fn(jax.device_put(chunk, sharding))
-            feats.append(np.asarray(f, np.float64)[:n])
-            logits.append(np.asarray(lg, np.float64)[:n])
-        if not feats:
-            return np.zeros((0, self.feature_dim)), np.zeros((0, self.num_logits))
-        return np.concatenate(feats), np.concatenate(logits)
+            if n < batch:
+                chunk = np.concatenate([chunk, np.zeros((batch - n, *chunk.shape[1:]), np.uint8)])
+            pending.append((start, n, self.fn(chunk)))
+            while len(pending) > 1 or (pending and start + batch >= num):
+                done, n_done, (f, lg) = pending.pop(0)
+                feats[done : done + n_done] = np.asarray(f)[:n_done]
+                logits[done : done + n_done] = np.asarray(lg)[:n_done]
+        return feats, logits
+
+
+def round_up(batch_size: int, multiple: int) -> int:
+    return -(-batch_size // multiple) * multiple
 
 
 def classifier_extractor(
@@ -114,7 +121,7 @@ def classifier_extractor(
     feature_dim = module.ch * module.ch_mult[-1]
 
     @jax.jit
-    def fn(x_u8):
+    def features_of(x_u8):
         if tuple(x_u8.shape[1:]) != shape:
             raise ValueError(
                 f"The feature classifier in {workdir} takes images of shape {shape}; got "
@@ -125,8 +132,19 @@ def classifier_extractor(
         logits, feats = module.apply({"params": params}, x, t, return_features=True)
         return feats, logits
 
+    mesh = local_mesh()
+    sharding = NamedSharding(mesh, P("data"))
     name = f"classifier:{Path(workdir).resolve().name}"
-    return BatchedExtractor(name, feature_dim, module.num_classes, fn, batch_size, progress)
+    batch_size = round_up(batch_size, mesh.size)
+    return BatchedExtractor(
+        name,
+        feature_dim,
+        module.num_classes,
+        lambda x: features_of(jax.device_put(x, sharding)),
+        batch_size,
+        mesh.size,
+        progress,
+    )
 
 
 def _classifier_shape(workdir: str | Path) -> tuple[int, ...]:

@@ -19,7 +19,6 @@ torch) and writes an .npz that `load_inception` reads without torch.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import hashlib
 import os
@@ -39,6 +38,7 @@ import numpy as np
 from flax import traverse_util
 
 from diffusion_jax import parallel
+from diffusion_jax.evaluation.features import BatchedExtractor, round_up
 
 WEIGHTS_URL = (
     "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
@@ -570,8 +570,10 @@ def make_inception_fn(
 
     def inception_fn(images):
         images = np.asarray(images)
+        if images.ndim == 4 and images.shape[-1] == 1:
+            images = np.repeat(images, 3, axis=-1)  # grayscale, as FID tools treat MNIST
         if images.ndim != 4 or images.shape[-1] != 3:
-            raise ValueError(f"Expected images [B, H, W, 3], got shape {images.shape}.")
+            raise ValueError(f"Expected images [B, H, W, 3] (or 1 channel), got {images.shape}.")
         num = images.shape[0]
         pad = -num % len(devices)
         if pad:
@@ -582,65 +584,26 @@ def make_inception_fn(
     return inception_fn
 
 
-@dataclasses.dataclass(frozen=True)
-class InceptionExtractor:
-    """images uint8 [N, H, W, 3] -> (pool features [N, 2048], logits [N, 1008]) float64.
-
-    Runs `fn` on fixed-size batches of `batch_size` (the last one padded), so one shape compiles
-    for any N >= batch_size; smaller N use one batch of N rounded up to `multiple`."""
-
-    fn: Callable[[np.ndarray], tuple[Any, Any]]
-    batch_size: int = 200
-    multiple: int = 1  # batches are a multiple of this (the device count)
-    progress: bool = False
-    name: str = "inception-fid"
-    feature_dim: int = FEATURE_DIM
-    num_logits: int = NUM_LOGITS
-
-    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        images = np.asarray(images)
-        if images.ndim != 4 or images.shape[-1] != 3:
-            raise ValueError(f"Expected images [N, H, W, 3], got shape {images.shape}.")
-        if not (images.dtype == np.uint8 or np.issubdtype(images.dtype, np.floating)):
-            raise ValueError(f"Expected uint8 images (or floats in [0, 255]), got {images.dtype}.")
-        num = len(images)
-        batch = min(self.batch_size, -(-max(num, 1) // self.multiple) * self.multiple)
-        features = np.empty((num, self.feature_dim), np.float64)
-        logits = np.empty((num, self.num_logits), np.float64)
-        starts = range(0, num, batch)
-        if self.progress:
-            from tqdm.auto import tqdm
-
-            starts = tqdm(starts, desc="Inception features", unit="batch")
-        pending = []  # dispatch batch k before copying batch k - 1 back: the device keeps busy
-        for start in starts:
-            chunk = images[start : start + batch]
-            n = len(chunk)
-            if n < batch:
-                chunk = np.concatenate(
-                    [chunk, np.zeros((batch - n, *chunk.shape[1:]), chunk.dtype)]
-                )
-            pending.append((start, n, self.fn(chunk)))
-            while len(pending) > 1 or (pending and start + batch >= num):
-                done, n_done, (pool, out) = pending.pop(0)
-                features[done : done + n_done] = np.asarray(pool)[:n_done]
-                logits[done : done + n_done] = np.asarray(out)[:n_done]
-        return features, logits
-
-
 def inception_extractor(
     path: str | os.PathLike | None = None,
     batch_size: int = 200,
     *,
     progress: bool = False,
     devices=None,
-) -> InceptionExtractor:
+) -> BatchedExtractor:
     """The FID feature extractor: loads the converted weights (`load_inception(path)`) and
     splits each batch over `devices` (default: this process's devices). `batch_size` is rounded
     up to a multiple of the device count."""
     module, variables = load_inception(path)
     devices = jax.local_devices() if devices is None else list(devices)
     num_devices = len(devices)
-    batch_size = -(-batch_size // num_devices) * num_devices
     fn = make_inception_fn(module, variables, devices=devices)
-    return InceptionExtractor(fn, batch_size, num_devices, progress)
+    return BatchedExtractor(
+        "inception-fid",
+        FEATURE_DIM,
+        NUM_LOGITS,
+        fn,
+        round_up(batch_size, num_devices),
+        num_devices,
+        progress,
+    )
