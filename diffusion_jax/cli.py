@@ -5,6 +5,10 @@
     diffusion-jax prepare-data cifar10 [--data_dir DIR]
     diffusion-jax info --presets cifar10 lsun256
 
+    # one of several processes (every process runs the same command with its own --process_id;
+    # on SLURM and TPU pods JAX finds these itself: see experiments/launch/)
+    diffusion-jax train ... --coordinator_address 10.0.0.1:1234 --num_processes 2 --process_id 0
+
 The entry point stays thin: it parses flags and calls `train.train`, `data.prepare_data`, ...
 Configs are locked before overrides apply, so a mistyped key fails and names the nearest keys.
 """
@@ -47,11 +51,63 @@ def _load_config_file(path: str):
     return module.get_config()
 
 
+def _add_distributed_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "multi-process runs (train, train-classifier, sample, evaluate)",
+        "Run the same command in every process. JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / "
+        "JAX_PROCESS_ID, SLURM and multi-host TPU slices are detected without these flags.",
+    )
+    group.add_argument("--coordinator_address", default="", help="HOST:PORT of process 0")
+    group.add_argument("--num_processes", type=int, default=None, help="how many processes")
+    group.add_argument("--process_id", type=int, default=None, help="this process, 0..N-1")
+    group.add_argument(
+        "--distributed",
+        action="store_true",
+        help="start jax.distributed with JAX's own cluster detection (e.g. on a TPU pod)",
+    )
+    group.add_argument(
+        "--init_timeout", type=int, default=300, help="seconds to wait for every process to join"
+    )
+    group.add_argument(
+        "--heartbeat_timeout",
+        type=int,
+        default=100,
+        help="seconds of silence after which a process counts as dead and the others stop",
+    )
+
+
+def distributed_flags(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """(the multi-process flags, the other arguments) of a command line."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    _add_distributed_flags(parser)
+    return parser.parse_known_args(argv)
+
+
+def start_distributed(args: argparse.Namespace) -> bool:
+    """`jax.distributed.initialize` as the multi-process flags (or the environment) ask; call it
+    before anything else touches JAX. Returns whether the run is multi-process."""
+    from diffusion_jax import parallel
+
+    try:
+        return parallel.maybe_initialize_distributed(
+            args.coordinator_address or None,
+            args.num_processes,
+            args.process_id,
+            force=args.distributed,
+            initialization_timeout=args.init_timeout,
+            heartbeat_timeout=args.heartbeat_timeout,
+        )
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
 def parse_train_flags(argv: list[str]):
-    """(config, workdir) from `train` arguments; a mistyped key names the nearest keys."""
+    """(config, workdir) from `train` arguments; a mistyped key names the nearest keys. The
+    multi-process flags (`distributed_flags`) may be among them and are skipped."""
     from absl import flags
     from ml_collections import config_flags
 
+    _, argv = distributed_flags(argv)
     argv = ["diffusion-jax train", *argv]
     fv = flags.FlagValues()
     config_flags.DEFINE_config_file(
@@ -96,6 +152,7 @@ def _explain_flag_error(argv: list[str], error: Exception) -> str:
 
 
 def _train(argv: list[str]) -> int:
+    start_distributed(distributed_flags(argv)[0])
     config, workdir = parse_train_flags(argv)
     from diffusion_jax import train
 
@@ -121,6 +178,8 @@ def _add_sampling_flags(parser: argparse.ArgumentParser, num: int) -> None:
 
 def _draw_samples(args: argparse.Namespace, run):
     """Samples of `run` as the sampling flags ask: (uint8 images, labels)."""
+    import jax
+
     from diffusion_jax import generate
 
     cond_fn = None
@@ -137,11 +196,12 @@ def _draw_samples(args: argparse.Namespace, run):
         # The sampler multiplies by classifier_scale; the cond_fn itself stays unscaled.
         cond_fn = make_classifier_cond_fn(make_classifier_apply_fn(module), params)
     classes = [int(c) for c in args.classes.split(",") if c.strip()]
-    print(
-        f"Sampling {args.num} from {args.workdir} at step {run.step} with the "
-        f"{'EMA' if run.ema else 'raw (non-EMA)'} parameters ({args.sampler}, "
-        f"{args.steps or run.config.diffusion.num_timesteps} steps)."
-    )
+    if jax.process_index() == 0:
+        print(
+            f"Sampling {args.num} from {args.workdir} at step {run.step} with the "
+            f"{'EMA' if run.ema else 'raw (non-EMA)'} parameters ({args.sampler}, "
+            f"{args.steps or run.config.diffusion.num_timesteps} steps)."
+        )
     return generate.generate(
         run,
         num=args.num,
@@ -167,16 +227,19 @@ def _sample(argv: list[str]) -> int:
     parser.add_argument("--workdir", required=True, help="the run's directory (with checkpoints/)")
     _add_sampling_flags(parser, num=64)
     parser.add_argument("--out", default="", help="output .npz (default WORKDIR/samples.npz)")
+    _add_distributed_flags(parser)
     args = parser.parse_args(argv)
+    start_distributed(args)
     from pathlib import Path
 
-    from diffusion_jax import generate
+    from diffusion_jax import generate, parallel
 
     run = generate.load_run(args.workdir, use_ema=not args.no_ema)
     samples, labels = _draw_samples(args, run)
     out = Path(args.out or Path(args.workdir) / "samples.npz")
-    generate.save_samples(samples, labels, out, grid=out.with_suffix(".png"))
-    print(f"Wrote {out} and {out.with_suffix('.png')}")
+    if parallel.is_main_process():
+        generate.save_samples(samples, labels, out, grid=out.with_suffix(".png"))
+        print(f"Wrote {out} and {out.with_suffix('.png')}")
     return 0
 
 
@@ -272,11 +335,15 @@ def _evaluate(argv: list[str]) -> int:
     parser.add_argument("--out", default="", help="results JSON (default WORKDIR/eval/...)")
     _add_sampling_flags(parser, num=0)
     _add_feature_flags(parser)
+    _add_distributed_flags(parser)
     args = parser.parse_args(argv)
+    start_distributed(args)
     import json
     from pathlib import Path
 
-    from diffusion_jax import evaluate, generate
+    from diffusion_jax import evaluate, generate, parallel
+
+    main = parallel.is_main_process()
 
     wants_samples = bool(args.samples or args.num)
     if not (wants_samples or args.bpd):
@@ -299,7 +366,8 @@ def _evaluate(argv: list[str]) -> int:
             seed=args.seed,
             progress=True,
         )
-        print(f"bits/dim: {json.dumps(results['bpd'])}")
+        if main:
+            print(f"bits/dim: {json.dumps(results['bpd'])}")
     if wants_samples:
         metric_names = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
         extractor = _extractor(args)
@@ -315,7 +383,8 @@ def _evaluate(argv: list[str]) -> int:
                 reference = evaluate.reference_statistics(
                     extractor, data_config=run.config.data, split=args.ref_split
                 )
-                evaluate.save_reference(cached, reference)
+                if main:
+                    evaluate.save_reference(cached, reference)
         if args.samples:
             samples, labels = evaluate.load_samples(args.samples)
         else:
@@ -331,11 +400,12 @@ def _evaluate(argv: list[str]) -> int:
         results["samples"].update(
             features=extractor.name, reference=reference.source if reference else ""
         )
-        print(f"sample metrics: {json.dumps(results['samples'])}")
+        if main:
+            print(f"sample metrics: {json.dumps(results['samples'])}")
     out = Path(args.out) if args.out else None
     if out is None and args.workdir:
         out = Path(args.workdir) / "eval" / "evaluate.json"
-    if out is not None:
+    if out is not None and main:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=2))
         print(f"Wrote {out}")
@@ -343,6 +413,7 @@ def _evaluate(argv: list[str]) -> int:
 
 
 def _train_classifier(argv: list[str]) -> int:
+    start_distributed(distributed_flags(argv)[0])
     config, workdir = parse_train_flags(argv)
     from diffusion_jax import classifier_train
 

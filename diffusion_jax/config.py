@@ -86,6 +86,9 @@ def base_config() -> ml_collections.ConfigDict:
             batch_size=128,  # global: summed over every device of every host
             num_steps=800_000,
             grad_accum_steps=1,
+            # devices that share each parameter, EMA and optimizer array (FSDP / ZeRO-3 on a
+            # ('data', 'fsdp') mesh); 1 replicates the state on every device
+            fsdp=1,
             ema_decay=0.9999,
             ema_warmup=False,
             log_every=100,

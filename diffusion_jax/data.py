@@ -16,14 +16,17 @@ Checkpointing with orbax (grain registers its handler for these argument types):
 
 The training pipeline is a `grain.MapDataset` (random access, so its position is one integer):
 
-    source -> seed(seed) -> shuffle -> repeat -> preprocess -> random flip -> [host::hosts] -> batch
+    source -> seed(seed) -> shuffle -> repeat -> preprocess -> random flip -> batch(B / P)
+           -> [host::hosts]
 
 The shuffle is a permutation of the whole dataset, different in each epoch (grain folds the epoch
 into the seed), and the flip randomness is a function of the seed and the example's position in
-that global order. Each host then takes every `process_count`-th example, so global batch b is the
-examples at positions [b * B, (b + 1) * B) of the global order whatever the number of hosts, hosts
-never read the same example within an epoch, and the stream depends only on the seed. Datasets:
-see `DATASETS` and `diffusion_jax.data_sources`.
+that global order. Global batch b is the examples at positions [b * B, (b + 1) * B) of the global
+order, in that order, whatever the number of hosts P: host p reads only its contiguous block of
+B / P of them (the rows its devices hold), so hosts never read the same example within an epoch,
+and the stream, the global batch and hence the training run depend only on the seed (a run on 2
+hosts of 4 devices computes what one host of 8 does). Datasets: see `DATASETS` and
+`diffusion_jax.data_sources`.
 """
 
 from __future__ import annotations
@@ -296,8 +299,11 @@ def make_train_iterator(
     ds = ds.seed(seed).shuffle().repeat().map(preprocess)
     if _get(data_config, "random_flip", False):
         ds = ds.random_map(RandomFlip())
-    ds = ds[process_index::process_count]
+    # Blocks of B / P consecutive examples; global batch b is blocks b * P .. b * P + P - 1, and
+    # host p reads block b * P + p: the rows [p * B / P, (p + 1) * B / P) of every global batch,
+    # the rows that its devices hold (parallel.global_batch).
     ds = ds.batch(global_batch_size // process_count, drop_remainder=True)
+    ds = ds[process_index::process_count]
     return _iterator(ds, data_config, source)
 
 

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffusion_jax import parallel
 from diffusion_jax.evaluation import metrics
 from diffusion_jax.evaluation.features import (
     FeatureExtractor,
@@ -161,7 +162,7 @@ def sample_metrics(
             f"but the samples go through {extractor.name!r}: statistics are only comparable "
             "under the same feature extractor. Recompute them with diffusion-jax ref-stats."
         )
-    feats, logits = extractor(images)
+    feats, logits = extract_split(extractor, images)
     out: dict[str, float] = {"num_samples": float(len(images))}
     if "fid" in metrics_to_compute:
         mu, sigma = metrics.feature_statistics(feats)
@@ -194,6 +195,18 @@ def sample_metrics(
             pred = np.argmax(logits, axis=-1)
             out["class_accuracy"] = float(np.mean(pred[valid] == labels[valid]))
     return {k: float(v) for k, v in out.items()}
+
+
+def extract_split(extractor: FeatureExtractor, images: np.ndarray):
+    """`extractor(images)`, with the work split over the processes: each process extracts the
+    features of its contiguous block of the images, and the blocks are gathered once (every
+    process gets all of them, in order). One process simply calls the extractor."""
+    pc = jax.process_count()
+    if pc == 1:
+        return extractor(images)
+    block = np.array_split(np.arange(len(images)), pc)[jax.process_index()]
+    feats, logits = extractor(images[block[0] : block[-1] + 1] if len(block) else images[:0])
+    return parallel.allgather_rows(feats), parallel.allgather_rows(logits)
 
 
 def load_samples(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
@@ -350,12 +363,15 @@ def make_train_eval_fn(config: Any, apply_fn: Any, workdir: str | Path):
                 cache["ref"] = load_reference(path)
             else:
                 cache["ref"] = reference_statistics(extractor, data_config=config.data)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                save_reference(path, cache["ref"])
+                if parallel.is_main_process():
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    save_reference(path, cache["ref"])
         return cache["ref"]
 
     def eval_fn(state, step: int) -> dict[str, float]:
-        run = generate.Run(config, apply_fn, state.ema_params, shape, int(step), True)
+        # Each process evaluates on its own devices, with a full copy of the EMA parameters.
+        params = parallel.to_local(state.ema_params)
+        run = generate.Run(config, apply_fn, params, shape, int(step), True)
         out: dict[str, float] = {}
         if ev.bpd_examples:
             bpd = dataset_bpd(run, batch_size=ev.batch_size, max_examples=ev.bpd_examples)
@@ -383,9 +399,10 @@ def make_train_eval_fn(config: Any, apply_fn: Any, workdir: str | Path):
                 kid_subset_size=min(1000, ev.num_samples),
             )
             out.update({k: v for k, v in scores.items() if k != "num_samples"})
-        (workdir / "eval").mkdir(parents=True, exist_ok=True)
-        with open(workdir / "eval" / "train_eval.jsonl", "a") as f:
-            f.write(json.dumps({"step": int(step), **out}) + "\n")
+        if parallel.is_main_process():
+            (workdir / "eval").mkdir(parents=True, exist_ok=True)
+            with open(workdir / "eval" / "train_eval.jsonl", "a") as f:
+                f.write(json.dumps({"step": int(step), **out}) + "\n")
         return out
 
     return eval_fn

@@ -1,6 +1,11 @@
 """Drawing samples from a trained run: N samples in chunks, sharded over every device, to a uint8
 .npz (the format FID tools read) and a PNG grid.
 
+With several processes (`diffusion-jax sample` launched on every host), each process draws its
+share of the chunks on its own devices and the samples are gathered once at the end; chunk i
+always uses the key fold_in(PRNGKey(seed), i), so the set does not depend on the number of
+processes (for a batch size that the per-process device count divides). Only process 0 writes.
+
     run = generate.load_run("runs/digits_cond")                  # config + EMA parameters
     images, labels = generate.generate(run, num=1000, sampler="ddim", steps=50, cfg_scale=1.0)
     generate.save_samples(images, labels, "samples.npz", grid="samples.png")
@@ -46,7 +51,9 @@ class Run:
 
 
 def load_run(workdir: str | Path, *, step: int | None = None, use_ema: bool = True) -> Run:
-    """Restores a run's parameters (the EMA ones unless `use_ema=False`) from its checkpoints."""
+    """Restores a run's parameters (the EMA ones unless `use_ema=False`) from its checkpoints,
+    as a full copy on this process's devices (every process of a multi-process job reads the
+    checkpoint together)."""
     ckpt = checkpoint.Checkpointer(workdir, read_only=True)
     try:
         if ckpt.latest_step() is None:
@@ -60,14 +67,14 @@ def load_run(workdir: str | Path, *, step: int | None = None, use_ema: bool = Tr
         shape = tuple(data.example_shape(config.data))
         model = create_model(config, shape)
         tx, _ = make_optimizer(config.optim)
-        mesh = parallel.data_mesh()
+        mesh = parallel.make_mesh()
         abstract, _ = train.init_train_state(
             config, model, tx, shape, mesh, num_classes=int(config.model.num_classes)
         )
         state, _ = ckpt.restore(abstract, step=step)
     finally:
         ckpt.close()
-    params = state.ema_params if use_ema else state.params
+    params = parallel.to_local(state.ema_params if use_ema else state.params)
     return Run(config, make_apply_fn(model), params, shape, int(state.step), use_ema)
 
 
@@ -120,8 +127,10 @@ def generate(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """`num` samples of `run`: images as uint8 [N, H, W, C] (vector data as float32), and labels.
 
-    Chunks of `batch_size` (rounded up to a multiple of the device count) are sharded over every
-    device; chunk i uses the key fold_in(PRNGKey(seed), i), so a seed reproduces a set."""
+    Chunks of `batch_size` (rounded up to a multiple of the local device count) are sharded over
+    every device of a process; chunk i uses the key fold_in(PRNGKey(seed), i), so a seed
+    reproduces a set. With several processes, process p draws the p-th contiguous block of the
+    chunks and every process returns all the samples (gathered once)."""
     if sampler not in ("ancestral", "ddim"):
         raise ValueError(f"sampler must be 'ancestral' or 'ddim', got {sampler!r}.")
     if cfg_scale is not None and not run.num_classes:
@@ -137,7 +146,8 @@ def generate(
         def apply_fn(params, x_t, t, y=None, **kwargs):
             return run.apply_fn(params, x_t, t, None, **kwargs)
 
-    mesh = parallel.data_mesh()
+    mesh = parallel.local_mesh()
+    params = parallel.to_local(run.params, mesh)
     chunk = -(-min(batch_size, num) // mesh.size) * mesh.size
     is_image = len(run.shape) == 3
     kw = dict(
@@ -162,13 +172,16 @@ def generate(
 
     out, base = [], jax.random.PRNGKey(seed)
     num_chunks = -(-num // chunk)
-    for i in tqdm(range(num_chunks), desc=f"sampling ({sampler})", disable=not progress):
+    mine = np.array_split(np.arange(num_chunks), jax.process_count())[jax.process_index()]
+    show = progress and parallel.is_main_process()
+    for i in tqdm(mine.tolist(), desc=f"sampling ({sampler})", disable=not show):
         y = None
         if labels is not None:
             y = jnp.asarray(np.resize(labels[i * chunk : (i + 1) * chunk], chunk))
-        x = draw(run.params, jax.random.fold_in(base, i), y)
+        x = draw(params, jax.random.fold_in(base, i), y)
         out.append(np.asarray(jax.device_get(x)))
-    samples = np.concatenate(out)[:num]
+    local = np.concatenate(out) if out else np.zeros((0, *run.shape), np.float32)
+    samples = parallel.allgather_rows(local)[:num]
     return (images.to_uint8(samples) if is_image else samples), labels
 
 

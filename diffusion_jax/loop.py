@@ -99,6 +99,8 @@ def resume_or_init(
         ckpt.close()
         raise
     log.info("Resumed the %s from step %d", what, int(state.step))
+    if jax.process_index() == 0:
+        print(f"Resumed the {what} from step {int(state.step)} ({ckpt.directory}).", flush=True)
     return state
 
 

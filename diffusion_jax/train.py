@@ -8,14 +8,17 @@
 
 The step draws every random number from fold_in(state.rng, state.step), split once per purpose
 (timesteps, noise, dropout, label dropping), so a run restarted from a checkpoint replays the same
-numbers, and the global batch gives the same update on 1 device or 8. It is jitted with the
-state replicated, the batch split along the mesh's 'data' axis and the state donated.
+numbers, and the global batch gives the same update on 1 device or 8, on 1 host or 2. It is
+jitted with the batch split over every device and the state donated; the state is replicated, or
+with training.fsdp > 1 each large array is split over the mesh's 'fsdp' axis (FSDP: the same
+update, with 1/fsdp of the parameters, EMA and optimizer state on each device).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -131,13 +134,17 @@ def make_train_step(
     return train_step
 
 
-def compile_train_step(train_step: Callable, mesh) -> Callable:
-    """jit with the state replicated and donated and the batch split along 'data'."""
+def compile_train_step(train_step: Callable, mesh, state_sharding: Any = None) -> Callable:
+    """jit with the state donated and the batch split over every mesh axis.
+
+    `state_sharding` (a pytree of shardings like the state, e.g. from the abstract state of
+    `init_train_state`) defaults to replicated; the metrics come back replicated."""
     rep = parallel.replicated(mesh)
+    state_sharding = rep if state_sharding is None else state_sharding
     return jax.jit(
         train_step,
-        in_shardings=(rep, parallel.batch_sharding(mesh)),
-        out_shardings=(rep, rep),
+        in_shardings=(state_sharding, parallel.batch_sharding(mesh)),
+        out_shardings=(state_sharding, rep),
         donate_argnums=0,
     )
 
@@ -153,7 +160,9 @@ def _example_inputs(example_shape, num_classes):
 
 
 def init_train_state(config, model, tx, example_shape, mesh, *, num_classes=0):
-    """(state, abstract_state): shapes first (eval_shape), then a jitted init, replicated."""
+    """(abstract_state, init): shapes first (eval_shape), then shardings, then `init()`, a jitted
+    init that creates the state where it lives. The abstract state's ShapeDtypeStructs carry the
+    shardings: replicated, or split over the mesh's 'fsdp' axis (`parallel.state_shardings`)."""
     base = jax.random.PRNGKey(config.seed)
     init_key, state_key = jax.random.split(base)
     x, t, y = _example_inputs(example_shape, num_classes)
@@ -165,11 +174,12 @@ def init_train_state(config, model, tx, example_shape, mesh, *, num_classes=0):
         params = model.init({"params": init_key, "dropout": init_key}, x, t, y)["params"]
         return create_train_state(params, tx, state_key, history)
 
-    rep = parallel.replicated(mesh)
+    shapes = jax.eval_shape(init)
+    shardings = parallel.state_shardings(shapes, mesh)
     abstract = jax.tree_util.tree_map(
-        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), jax.eval_shape(init)
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings
     )
-    return abstract, (lambda: jax.jit(init, out_shardings=rep)())
+    return abstract, (lambda: jax.jit(init, out_shardings=shardings)())
 
 
 def sample_grid(config, apply_fn, params, example_shape, num_classes, key, path: Path) -> Path:
@@ -218,7 +228,7 @@ def train(config, workdir: str | Path, *, eval_fn: Callable | None = None) -> Tr
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     tr, d = config.training, config.diffusion
-    mesh = parallel.data_mesh()
+    mesh = parallel.make_mesh(tr.get("fsdp", 1))
     parallel.check_global_batch(tr.batch_size, mesh)
     if tr.batch_size % tr.grad_accum_steps or (tr.batch_size // tr.grad_accum_steps) % mesh.size:
         raise ValueError(
@@ -237,9 +247,22 @@ def train(config, workdir: str | Path, *, eval_fn: Callable | None = None) -> Tr
     apply_fn = make_apply_fn(model)
     tx, lr_fn = make_optimizer(config.optim)
     abstract, init = init_train_state(config, model, tx, info.shape, mesh, num_classes=num_classes)
+    state_sharding = jax.tree_util.tree_map(lambda a: a.sharding, abstract)
     step_fn = compile_train_step(
-        make_train_step(apply_fn, tx, lr_fn, schedule, config, num_classes=num_classes), mesh
+        make_train_step(apply_fn, tx, lr_fn, schedule, config, num_classes=num_classes),
+        mesh,
+        state_sharding,
     )
+    main = parallel.is_main_process()
+    if main:
+        total = sum(a.size * a.dtype.itemsize for a in jax.tree_util.tree_leaves(abstract))
+        here = parallel.per_device_bytes(abstract)
+        print(
+            f"{jax.process_count()} process(es), {mesh.size} devices, mesh {dict(mesh.shape)}; "
+            f"train state (params, EMA, optimizer) {here / 2**20:.1f} MiB per device of "
+            f"{total / 2**20:.1f} MiB.",
+            flush=True,
+        )
     data_iter = data.make_train_iterator(
         config.data, global_batch_size=tr.batch_size, seed=config.seed
     )
@@ -252,7 +275,8 @@ def train(config, workdir: str | Path, *, eval_fn: Callable | None = None) -> Tr
         data_iter,
         mismatch=lambda saved: checkpoint.config_mismatch(saved, config),
     )
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    if main:
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
     sample_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 10**9)
     if eval_fn is None and tr.eval_every and "eval" in config:
         from diffusion_jax.evaluate import make_train_eval_fn
@@ -261,9 +285,13 @@ def train(config, workdir: str | Path, *, eval_fn: Callable | None = None) -> Tr
 
     def hook(step: int, state: TrainState, last: bool) -> dict[str, float]:
         if tr.sample_every and (step % tr.sample_every == 0 or last):
-            path = workdir / "samples" / f"step_{step:08d}"
-            key = jax.random.fold_in(sample_key, step)
-            sample_grid(config, apply_fn, state.ema_params, info.shape, num_classes, key, path)
+            # Every process takes part in gathering the (possibly sharded) EMA parameters; the
+            # first draws and saves the grid on its own devices.
+            params = parallel.to_local(state.ema_params)
+            if main:
+                path = workdir / "samples" / f"step_{step:08d}"
+                key = jax.random.fold_in(sample_key, step)
+                sample_grid(config, apply_fn, params, info.shape, num_classes, key, path)
         if eval_fn is not None and tr.eval_every and step % tr.eval_every == 0:
             return {f"eval/{k}": float(v) for k, v in eval_fn(state, step).items()}
         return {}

@@ -271,3 +271,23 @@ def test_preemption_guard_sets_flag_and_restores_handler():
         assert signal.getsignal(signal.SIGTERM) is previous
     finally:
         signal.signal(signal.SIGTERM, original)
+
+
+def test_a_run_of_another_process_count_is_told_why_the_data_position_does_not_restore(tmp_path):
+    state, config = make_state(), base_config()
+    with Checkpointer(tmp_path, save_every=1) as ckpt:
+        ckpt.save(5, state, config, data_iter())
+    data_dir = tmp_path / "checkpoints" / "5" / "data"
+    assert [p.name for p in data_dir.iterdir() if p.name.startswith("process")] == [
+        "process_0-of-1.json"
+    ]
+    # As a 2-process run would have left it: one position per process.
+    text = (data_dir / "process_0-of-1.json").read_text()
+    (data_dir / "process_0-of-1.json").unlink()
+    for i in (0, 1):
+        (data_dir / f"process_{i}-of-2.json").write_text(text)
+    with Checkpointer(tmp_path, read_only=True) as ckpt:
+        with pytest.raises(CheckpointError, match=r"written by 2 process\(es\) and this run has 1"):
+            ckpt.restore(abstract(state), data_iter())
+        restored, _ = ckpt.restore(abstract(state))  # the state alone restores
+    assert_same(restored, state)

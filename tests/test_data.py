@@ -137,9 +137,12 @@ def test_hosts_read_disjoint_shards_that_cover_each_epoch(distinct_folder):
         shard0, shard1 = (ids[6 * epoch : 6 * epoch + 6] for ids in host_ids)
         assert set(shard0).isdisjoint(shard1)
         assert sorted(shard0 + shard1) == list(range(12))
-    # The global order does not depend on the number of hosts: host p holds positions p::2.
+    # The global batches do not depend on the number of hosts: host p holds rows [2p, 2p + 2)
+    # of each global batch of 4, the rows its devices hold.
     single = _ids(_take(_train(config, global_batch_size=4), 6))
-    assert single[0::2] == host_ids[0] and single[1::2] == host_ids[1]
+    for b in range(6):
+        rows = host_ids[0][2 * b : 2 * b + 2] + host_ids[1][2 * b : 2 * b + 2]
+        assert single[4 * b : 4 * b + 4] == rows
     assert single[:12] != single[12:]  # a new shuffle each epoch
     assert single[:12] != list(range(12))
 

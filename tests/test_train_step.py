@@ -101,3 +101,47 @@ def test_non_finite_updates_are_not_applied():
         moved = not np.array_equal(before["conv_in"]["kernel"], state.params["conv_in"]["kernel"])
         # "skip" carries on with the next good batch; "error" freezes until the loop stops the run
         assert moved == (mode == "skip")
+
+
+def test_fsdp_shards_the_state_and_computes_the_replicated_update(one_device_run):
+    """A ('data': 2, 'fsdp': 4) mesh: each large array of the state is split 4 ways, the batch 8
+    ways, and two steps give the state of the one-device run."""
+    config = _config()
+    mesh = parallel.make_mesh(fsdp=4)
+    model = create_model(config, SHAPE)
+    tx, lr_fn = make_optimizer(config.optim)
+    sched = schedules.make_schedule("cosine", 20)
+    abstract, init = train.init_train_state(config, model, tx, SHAPE, mesh)
+    shardings = jax.tree_util.tree_map(lambda a: a.sharding, abstract)
+    step_fn = train.compile_train_step(
+        train.make_train_step(make_apply_fn(model), tx, lr_fn, sched, config), mesh, shardings
+    )
+    state = init()
+    for i in range(2):
+        state, metrics = step_fn(state, _batch(mesh, i))
+    kernel = state.opt_state[1][0].mu["mid_block_1"]["conv1"]["kernel"]  # [3, 3, 64, 64]
+    assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, None, None, "fsdp")
+    assert kernel.addressable_shards[0].data.shape == (3, 3, 64, 16)
+    assert state.step.sharding.is_fully_replicated
+    replicated_bytes = parallel.per_device_bytes(
+        jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), abstract)
+    )
+    assert parallel.per_device_bytes(state) < 0.3 * replicated_bytes  # ~1/4, small arrays whole
+
+    state1, m1 = one_device_run
+    for a, b in zip(
+        jax.tree_util.tree_leaves(state1), jax.tree_util.tree_leaves(state), strict=True
+    ):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    assert m1[1]["loss"] == pytest.approx(float(metrics["loss"]), rel=1e-5)
+
+
+def test_fsdp_spec_splits_the_largest_divisible_axis():
+    P = jax.sharding.PartitionSpec
+    assert parallel.fsdp_spec((3, 3, 128, 256), 8) == P(None, None, None, "fsdp")
+    assert parallel.fsdp_spec((512, 100), 8) == P("fsdp")
+    assert parallel.fsdp_spec((3, 3, 5, 7), 8, min_size=1) == P()  # nothing divides: whole
+    assert parallel.fsdp_spec((256,), 8) == P()  # small: whole
+    assert parallel.fsdp_spec((3, 3, 128, 256), 1) == P()
+    with pytest.raises(ValueError, match="does not divide the 8 devices"):
+        parallel.make_mesh(fsdp=3)
