@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import sys
+from pathlib import Path
 
 from diffusion_jax import __version__
 from diffusion_jax.models.unet import PRESET_IMAGE_SIZES
@@ -108,6 +110,15 @@ def parse_train_flags(argv: list[str]):
     from ml_collections import config_flags
 
     _, argv = distributed_flags(argv)
+    for i, arg in enumerate(argv):
+        path = arg.split("=", 1)[1] if arg.startswith("--config=") else None
+        if arg == "--config" and i + 1 < len(argv):
+            path = argv[i + 1]
+        if path is not None and not Path(path.split(":", 1)[0]).is_file():
+            raise UsageError(
+                f"--config {path}: no such file. Experiment configs are in experiments/configs/ "
+                "(run from the repository root), e.g. --config experiments/configs/digits.py"
+            )
     argv = ["diffusion-jax train", *argv]
     fv = flags.FlagValues()
     config_flags.DEFINE_config_file(
@@ -166,6 +177,13 @@ def _add_sampling_flags(parser: argparse.ArgumentParser, num: int) -> None:
     parser.add_argument("--steps", type=int, default=0, help="respaced steps; 0 = all T steps")
     parser.add_argument("--spacing", choices=("uniform", "ddim", "quad"), default="uniform")
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM's eta (0: deterministic)")
+    parser.add_argument(
+        "--var_type",
+        choices=("fixed_small", "fixed_large"),
+        default=None,
+        help="the reverse process's fixed variance, in place of the run's (DDPM sampled "
+        "CIFAR-10 with fixed_large, its 256x256 models with fixed_small)",
+    )
     parser.add_argument("--guidance", type=float, default=None, help="classifier-free weight w")
     parser.add_argument("--classes", default="", help="comma-separated labels to cycle through")
     parser.add_argument("--unconditional", action="store_true", help="null labels only")
@@ -174,6 +192,18 @@ def _add_sampling_flags(parser: argparse.ArgumentParser, num: int) -> None:
     parser.add_argument("--batch_size", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no_ema", action="store_true", help="use the raw parameters")
+
+
+def _with_var_type(args: argparse.Namespace, run):
+    """`run` with the fixed variance of --var_type, when given."""
+    from diffusion_jax import generate
+
+    if not args.var_type:
+        return run
+    try:
+        return generate.with_var_type(run, args.var_type)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 def _draw_samples(args: argparse.Namespace, run):
@@ -230,11 +260,11 @@ def _sample(argv: list[str]) -> int:
     _add_distributed_flags(parser)
     args = parser.parse_args(argv)
     start_distributed(args)
-    from pathlib import Path
 
     from diffusion_jax import generate, parallel
 
     run = generate.load_run(args.workdir, use_ema=not args.no_ema)
+    run = _with_var_type(args, run)
     samples, labels = _draw_samples(args, run)
     out = Path(args.out or Path(args.workdir) / "samples.npz")
     if parallel.is_main_process():
@@ -339,7 +369,6 @@ def _evaluate(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     start_distributed(args)
     import json
-    from pathlib import Path
 
     from diffusion_jax import evaluate, generate, parallel
 
@@ -356,6 +385,7 @@ def _evaluate(argv: list[str]) -> int:
     run = None
     if args.workdir and (args.bpd or not args.samples or args.ref_split):
         run = generate.load_run(args.workdir, use_ema=not args.no_ema)
+        run = _with_var_type(args, run)
     results: dict = {}
     if args.bpd:
         results["bpd"] = evaluate.dataset_bpd(
@@ -502,6 +532,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     if command not in handlers:
         raise UsageError(f"unknown command {command!r}.\n{_usage()}")
+    from diffusion_jax import perf
+
+    perf.use_cpu_xla_flags()  # before the first computation starts XLA's CPU backend
+    if os.environ.get(perf.CACHE_ENV):
+        perf.enable_compilation_cache()
     from diffusion_jax.checkpoint import CheckpointError
     from diffusion_jax.data_sources import (
         DataPreparationError,

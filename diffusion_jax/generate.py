@@ -27,6 +27,7 @@ import ml_collections
 import numpy as np
 
 from diffusion_jax import checkpoint, images, parallel, sampling, schedules, train
+from diffusion_jax.diffusion import learns_variance
 from diffusion_jax.models import make_apply_fn
 from diffusion_jax.models.factory import create_model
 from diffusion_jax.train_state import make_optimizer
@@ -76,6 +77,25 @@ def load_run(workdir: str | Path, *, step: int | None = None, use_ema: bool = Tr
         ckpt.close()
     params = parallel.to_local(state.ema_params if use_ema else state.params)
     return Run(config, make_apply_fn(model), params, shape, int(state.step), use_ema)
+
+
+def with_var_type(run: Run, var_type: str) -> Run:
+    """`run` sampling (and bounding) with the fixed variance `var_type` instead of its own.
+
+    The variance of a network trained with a fixed one is a choice made at sampling time: DDPM
+    sampled CIFAR-10 with "fixed_large" (beta_t) and its 256x256 models with "fixed_small" (the
+    posterior's), while the scheduler files published with their weights say "fixed_small" for
+    all of them. A network that learned its variance keeps it."""
+    if var_type not in ("fixed_small", "fixed_large"):
+        raise ValueError(f"var_type must be 'fixed_small' or 'fixed_large', got {var_type!r}.")
+    if learns_variance(run.config.diffusion.var_type):
+        raise ValueError(
+            f"This run learned its variance ({run.config.diffusion.var_type}); a fixed "
+            f"{var_type} would ignore half of the network's output. Drop --var_type."
+        )
+    config = ml_collections.ConfigDict(run.config.to_dict())
+    config.diffusion.var_type = var_type
+    return dataclasses.replace(run, config=config)
 
 
 def sampling_schedule(config, steps: int = 0, spacing: str = "uniform") -> schedules.Schedule:

@@ -1,6 +1,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from diffusion_jax import cli
 
 
@@ -23,3 +25,9 @@ def test_module_entry_point_runs_in_a_fresh_process():
         check=True,
     )
     assert proc.stdout.strip().startswith("diffusion_jax ")
+
+
+def test_a_missing_config_file_is_a_usage_error(tmp_path):
+    for argv in (["--config", "experiments/configs/nope.py"], ["--config=nope.py"]):
+        with pytest.raises(cli.UsageError, match="no such file"):
+            cli.parse_train_flags([*argv, "--workdir", str(tmp_path)])

@@ -81,3 +81,24 @@ def test_bad_requests_are_refused(cond_run):
         generate.generate(uncond, num=2, cond_fn=lambda x, t, y: x, progress=False)
     with pytest.raises(Exception, match="No checkpoint"):
         generate.load_run(cond_run / "nothing-here")
+
+
+def test_var_type_is_chosen_at_sampling_time(cond_run):
+    """DDPM sampled CIFAR-10 with fixed_large: a fixed-variance run can sample with either."""
+    run = generate.load_run(cond_run)
+    assert run.config.diffusion.var_type == "fixed_large"  # tiny.py's
+    small = generate.with_var_type(run, "fixed_small")
+    assert small.config.diffusion.var_type == "fixed_small" and small.params is run.params
+    assert run.config.diffusion.var_type == "fixed_large"  # the original is left alone
+    kw = dict(num=4, sampler="ancestral", steps=5, classes=[2], seed=1, progress=False)
+    large_x, _ = generate.generate(run, **kw)
+    again, _ = generate.generate(generate.with_var_type(small, "fixed_large"), **kw)
+    small_x, _ = generate.generate(small, **kw)
+    np.testing.assert_array_equal(large_x, again)
+    assert not np.array_equal(large_x, small_x)
+    with pytest.raises(ValueError, match="fixed_small' or 'fixed_large"):
+        generate.with_var_type(run, "learned")
+    config = run.config.copy_and_resolve_references()
+    config.diffusion.var_type = "learned_range"
+    with pytest.raises(ValueError, match="learned its variance"):
+        generate.with_var_type(dataclasses.replace(run, config=config), "fixed_small")

@@ -154,7 +154,8 @@ class ResnetBlock(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, temb: jax.Array, *, train: bool = False) -> jax.Array:
+    def __call__(self, x: jax.Array, temb: jax.Array, train: bool = False) -> jax.Array:
+        # `train` may be positional so that nn.remat can mark it static (argument 3).
         in_ch = x.shape[-1]
         h = nn.swish(group_norm(x, "norm1"))
         h = conv3x3(h, self.out_ch, "conv1", self.dtype)  # [B, H, W, out_ch]
@@ -170,9 +171,15 @@ class ResnetBlock(nn.Module):
 
 
 class AttnBlock(nn.Module):
-    """Single-head spatial self-attention with a residual connection."""
+    """Single-head spatial self-attention with a residual connection.
+
+    ``implementation`` is `jax.nn.dot_product_attention`'s: None lets JAX choose (XLA's
+    attention), "cudnn" asks for cuDNN's fused kernel on NVIDIA GPUs, which needs a bfloat16 or
+    float16 ``dtype`` and a head (here: channel) dimension of at most 128, or 256 from Hopper on.
+    """
 
     dtype: Dtype = jnp.float32
+    implementation: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -180,7 +187,9 @@ class AttnBlock(nn.Module):
         h = group_norm(x, "norm")
         # [B, H*W, 1, C]: one head whose width is the full channel count.
         q, k, v = (nin(h, c, name, self.dtype).reshape(b, height * width, 1, c) for name in "qkv")
-        h = jax.nn.dot_product_attention(q, k, v, scale=c**-0.5)  # [B, H*W, 1, C]
+        h = jax.nn.dot_product_attention(
+            q, k, v, scale=c**-0.5, implementation=self.implementation
+        )  # [B, H*W, 1, C]
         h = h.reshape(b, height, width, c)
         h = nin(h, c, "proj_out", self.dtype, init_scale=ZERO_INIT_SCALE)
         return x + h

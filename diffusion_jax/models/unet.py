@@ -61,6 +61,13 @@ class UNet(nn.Module):
 
     ``out_channels`` is the total number of output channels; when None it is C, or 2C
     with ``learned_variance``. ``dtype`` is the compute dtype; parameters stay float32.
+
+    Opt-in speed options, none of which changes the parameters or the function computed:
+    ``remat`` recomputes each residual and attention block's activations in the backward pass
+    instead of keeping them (``"full"``: keep only the block inputs; ``"dots"``: also keep the
+    convolution and matmul outputs, recompute norms and activations), trading compute for memory
+    on the 256x256 networks; ``attention_impl`` is passed to `jax.nn.dot_product_attention`
+    (``"cudnn"`` on NVIDIA GPUs, see `AttnBlock`).
     """
 
     ch: int = 128
@@ -73,6 +80,8 @@ class UNet(nn.Module):
     out_channels: int | None = None
     dtype: Dtype = jnp.float32
     resamp_with_conv: bool = True
+    remat: str = ""
+    attention_impl: str | None = None
 
     @property
     def null_label(self) -> int:
@@ -134,13 +143,18 @@ class UNet(nn.Module):
         num_levels = len(self.ch_mult)
         temb = self._time_embedding(t, y)
 
+        resnet_cls, attn_cls = block_classes(self.remat)
+
         def res_block(h: jax.Array, ch: int, name: str) -> jax.Array:
-            block = ResnetBlock(ch, dropout=self.dropout, dtype=self.dtype, name=name)
-            return block(h, temb, train=train)
+            block = resnet_cls(ch, dropout=self.dropout, dtype=self.dtype, name=name)
+            return block(h, temb, train)
+
+        def attn_block(h: jax.Array, name: str) -> jax.Array:
+            return attn_cls(dtype=self.dtype, implementation=self.attention_impl, name=name)(h)
 
         def maybe_attn(h: jax.Array, name: str) -> jax.Array:
             if h.shape[1] in self.attn_resolutions:
-                h = AttnBlock(dtype=self.dtype, name=name)(h)
+                h = attn_block(h, name)
             return h
 
         # Encoder: every intermediate is kept for the decoder's skip connections.
@@ -155,7 +169,7 @@ class UNet(nn.Module):
 
         h = hs[-1]
         h = res_block(h, h.shape[-1], "mid_block_1")
-        h = AttnBlock(dtype=self.dtype, name="mid_attn_1")(h)
+        h = attn_block(h, "mid_attn_1")
         h = res_block(h, h.shape[-1], "mid_block_2")
 
         # Decoder: one extra block per level consumes the downsample's skip.
@@ -171,6 +185,28 @@ class UNet(nn.Module):
         h = nn.swish(group_norm(h, "norm_out"))
         h = conv3x3(h, out_ch, "conv_out", self.dtype, init_scale=ZERO_INIT_SCALE)
         return h.astype(jnp.float32)  # [B, H, W, out_ch]
+
+
+# What each `UNet.remat` mode saves for the backward pass of a block ("" = no rematerialisation).
+REMAT_POLICIES: dict[str, Callable | None] = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_saveable,  # conv and matmul outputs
+}
+
+
+def block_classes(remat: str = "") -> tuple[type[nn.Module], type[nn.Module]]:
+    """(ResnetBlock, AttnBlock), wrapped in `nn.remat` with the policy of `remat`; the
+    parameter tree is the same either way."""
+    if not remat:
+        return ResnetBlock, AttnBlock
+    if remat not in REMAT_POLICIES:
+        raise ValueError(
+            f"Unknown UNet remat {remat!r}; choose '' or one of {sorted(REMAT_POLICIES)}."
+        )
+    policy = REMAT_POLICIES[remat]
+    # ResnetBlock(x, temb, train): `train` (argument 3, counting self) selects dropout; static.
+    resnet = nn.remat(ResnetBlock, policy=policy, static_argnums=(3,))
+    return resnet, nn.remat(AttnBlock, policy=policy)
 
 
 # Module kwargs of the paper's networks; image sizes live in PRESET_IMAGE_SIZES.

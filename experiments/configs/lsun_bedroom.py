@@ -1,6 +1,7 @@
 """DDPM's LSUN Bedroom 256x256 (2.4M steps).
 
-The 114M-parameter U-Net, batch 64, lr 2e-5, no dropout (`ddpm256_config`).
+The 114M-parameter U-Net, batch 64, lr 2e-5, no dropout (`ddpm256_config`), and no random
+flips: the paper's appendix names LSUN Bedroom as the one dataset trained without them.
 
 diffusion-jax train --config experiments/configs/lsun_bedroom.py --workdir runs/lsun_bedroom
 """
@@ -9,4 +10,6 @@ from diffusion_jax.config import ddpm256_config
 
 
 def get_config():
-    return ddpm256_config("lsun/bedroom", 2_400_000)
+    config = ddpm256_config("lsun/bedroom", 2_400_000)
+    config.data.random_flip = False
+    return config
