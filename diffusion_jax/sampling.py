@@ -10,6 +10,7 @@ the pure reverse steps of `diffusion.py`, with classifier-free and classifier gu
     x0 = sampling.sample_ddim(..., y=labels, cfg_scale=3.0, num_classes=10)
     # classifier guidance (Dhariwal & Nichol): cond_fn(x_t, t_model, y) = grad_x log p(y | x_t)
     x0 = sampling.sample_ancestral(..., y=labels, cond_fn=cond_fn, classifier_scale=2.0)
+    # (y also goes to apply_fn: an unconditional network's apply_fn must accept and drop it)
     x_T = sampling.ddim_invert(apply_fn, params, sched, x0)          # the eta=0 ODE, run forwards
     frames = sampling.interpolate(apply_fn, params, sched, x_a, x_b, jnp.linspace(0, 1, 8))
     x0, snapshots = sampling.progressive_x0(apply_fn, params, sched, shape, key, num_snapshots=10)

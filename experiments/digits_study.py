@@ -98,7 +98,7 @@ def main(argv=None) -> dict:
         if not args.skip_bpd:
             t0 = time.perf_counter()
             bpd = evaluate.dataset_bpd(run, split="test", batch_size=64)
-            bpd = {k: round(float(v), 4) if isinstance(v, float) else v for k, v in bpd.items()}
+            bpd = {k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in bpd.items()}
             row = {"objective": name, "bpd_test": bpd, "seconds": round(time.perf_counter() - t0)}
             report["objective"].append(row)
             print(json.dumps(row), flush=True)

@@ -13,6 +13,9 @@ Usage::
     g = cond_fn(x_t, t_model, y)        # scale * grad_x log p(y | x_t, t), [B, H, W, C]
     x0 = sampling.sample_ancestral(apply_fn, model_params, sched, shape, key, y=y,
                                    cond_fn=cond_fn)  # classifier_scale=1: the 3.0 is in cond_fn
+    # The samplers give y to the network too; to guide an unconditional network, drop it there
+    # (as `generate.generate` does):
+    uncond_fn = lambda p, x, t, y=None, **kw: apply_fn(p, x, t, None, **kw)
 
 The network is the encoder half of the DDPM U-Net (`models/unet.py`): time-embedding MLP,
 ``conv_in``, ResnetBlocks conditioned on the time embedding, attention at ``attn_resolutions``,

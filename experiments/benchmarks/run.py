@@ -71,7 +71,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--no_cpu_flags",
         action="store_true",
-        help="do not add diffusion_jax.perf.CPU_XLA_FLAGS (which `diffusion-jax` adds) to XLA_FLAGS",
+        help="do not add diffusion_jax.perf.CPU_XLA_FLAGS (as `diffusion-jax` does) to XLA_FLAGS",
     )
     p.add_argument("--threads", type=int, default=0, help="CPUs to use (0: all usable)")
     p.add_argument(
