@@ -50,11 +50,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cfg_weights", default=",".join(map(str, CFG_WEIGHTS)))
     p.add_argument("--skip_bpd", action="store_true", help="leave out the bits/dim rows")
     p.add_argument("--out", default=str(RESULTS / "digits_study"), help="path prefix of outputs")
+    p.add_argument("--replot", action="store_true", help="redraw the .md and .png from the .json")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.replot:
+        report = json.loads(Path(args.out).with_suffix(".json").read_text())
+        Path(args.out).with_suffix(".md").write_text(markdown(report))
+        plot(report, Path(args.out))
+        return report
     runs = Path(args.runs)
     missing = [n for n in ("digits", "digits_hybrid", "digits_cond", "digits_features")
                if not (runs / n).is_dir()]  # fmt: skip
@@ -189,12 +195,18 @@ def plot(report: dict, out: Path) -> None:
             title="Samplers: FID against steps")  # fmt: skip
     ax1.legend()
     g = report["guidance"]
-    ax2.plot([r["fid"] for r in g], [100 * r["class_accuracy"] for r in g], marker="o")
-    for r in g:
-        ax2.annotate(f"w={r['cfg_weight']:g}", (r["fid"], 100 * r["class_accuracy"]),
-                     textcoords="offset points", xytext=(4, -10))  # fmt: skip
-    ax2.set(xlabel="FID (digits features)", ylabel="requested class, %",
+    w = [r["cfg_weight"] for r in g]
+    ax2.plot(w, [r["class_accuracy"] for r in g], marker="o", label="requested class")
+    ax2.plot(w, [r["precision"] for r in g], marker="^", label="precision")
+    ax2.plot(w, [r["recall"] for r in g], marker="v", label="recall")
+    ax2.set(xlabel="guidance weight w", ylabel="share", ylim=(0, 1.05),
             title="Classifier-free guidance, DDIM 50")  # fmt: skip
+    fid_ax = ax2.twinx()
+    fid_ax.plot(w, [r["fid"] for r in g], marker="s", color="black", linestyle="--", label="FID")
+    fid_ax.set(ylabel="FID (digits features)", ylim=(0, None))
+    lines = ax2.get_legend_handles_labels()
+    more = fid_ax.get_legend_handles_labels()
+    ax2.legend(lines[0] + more[0], lines[1] + more[1], loc="center right")
     fig.suptitle(f"digits, {report['num_samples']} samples per point")
     fig.tight_layout()
     fig.savefig(out.with_suffix(".png"), dpi=100)
