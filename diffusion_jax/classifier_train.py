@@ -16,7 +16,7 @@ network is `config.classifier` (see `models/classifier.py`); optimizer and loop 
 `config.optim` and `config.training`, as for the diffusion model (training.ema_decay = 0 turns
 the EMA off: the EMA then equals the parameters). The step has train.py's shape: a pure
 `train_step(state, batch)` drawing its numbers from fold_in(state.rng, state.step), jitted with the
-state replicated and donated and the batch split along the mesh's 'data' axis.
+state replicated (donated on accelerators) and the batch split along the mesh's 'data' axis.
 
 A guidance classifier is trained for one noise schedule: use it only with a diffusion model of the
 same `diffusion.beta_schedule` and `diffusion.num_timesteps` (respaced samplers are fine: they

@@ -6,6 +6,10 @@ flags for CPUs.
     perf.enable_compilation_cache()                  # $DIFFUSION_JAX_CACHE_DIR or ~/.cache/...
     perf.enable_compilation_cache("/scratch/xla")    # e.g. a directory shared by a job's hosts
 
+The flags change which kernels compute the convolutions, and so the last bits of the results: a
+run resumed from Python without `use_cpu_xla_flags()` is not bit-for-bit the run the command
+line would have continued (it is within float32 rounding).
+
 A process that compiles a program JAX has compiled before (same program, shapes, shardings,
 flags and versions) reads the executable from the cache instead of running XLA again. Measured
 numbers for both are in experiments/BENCHMARKS.md.

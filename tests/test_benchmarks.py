@@ -82,8 +82,8 @@ def test_smoke_run_records_every_field(smoke):
         assert r["xla_memory"]["argument_bytes"] > 0 and r["xla_memory"]["total_bytes"] > 0
         assert r["all_finite"]
     train = smoke["results"]["train"]
-    assert train["donated"] and train["steps_per_dispatch"] == 1
-    assert train["xla_memory"]["alias_bytes"] > 0  # the donated state is reused in place
+    assert train["donated"] is False and train["steps_per_dispatch"] == 1  # CPU: not donated
+    assert train["xla_memory"]["alias_bytes"] == 0
     assert np.isfinite(train["loss_first"]) and np.isfinite(train["loss_last"])
     # a training step costs about 3 forward passes (forward, and two products per backward op)
     fwd = smoke["results"]["forward"]["flops_per_step_jaxpr"]

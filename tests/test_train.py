@@ -24,7 +24,8 @@ TINY = str(ROOT / "experiments" / "configs" / "tiny.py")
 # evaluation hook), to play a preemption (SIGTERM) or a crash (SIGKILL) at a known step.
 SIGNALLING_RUN = """
 import os, signal, sys
-from diffusion_jax import cli, train
+from diffusion_jax import cli, perf, train
+perf.use_cpu_xla_flags()  # as `diffusion-jax` does: XLA's CPU kernels, and so the rounding, match
 at, sig = int(sys.argv[1]), getattr(signal, sys.argv[2])
 config, workdir = cli.parse_train_flags(sys.argv[3:])
 def hook(state, step):

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The commands behind experiments/BENCHMARKS.md's CPU rows, one after the other (about 35 minutes
+# The commands behind experiments/BENCHMARKS.md's CPU rows, one after the other (about 50 minutes
 # on 2 cores). Run from the repository root in an environment with the `torch` extra installed
 # (the PyTorch peer); PY312 optionally names a Python 3.12 interpreter with diffusion_jax installed
 # (its peer runs under PEER_PYTHON, which has torch).
@@ -12,7 +12,7 @@ quiet=(--max_others_cores 0.3 --retries 2 --quiet_wait 120)
 
 # Ours against the PyTorch peer at equal batch, alternating rounds.
 "$PY" -m experiments.benchmarks.run --model cifar10 --batch 8 --what train,forward,peer \
-    --rounds 3 --steps 7 "${quiet[@]}" --label "cpu cifar10 b8" --out "$OUT/cpu_cifar10_b8_py311.json"
+    --rounds 3 --steps 7 "${quiet[@]}" --label "cpu cifar10 b8" --out "$OUT/cpu_cifar10_b8_py311_final.json"
 "$PY" -m experiments.benchmarks.run --model cifar10 --batch 32 --what train,forward,peer \
     --rounds 2 --steps 5 "${quiet[@]}" --label "cpu cifar10 b32" --out "$OUT/cpu_cifar10_b32_py311.json"
 if [[ -n "${PY312:-}" ]]; then
@@ -26,10 +26,17 @@ fi
     --out "$OUT/cpu_cifar10_b8_sample_inception.json"
 # Fast paths, each against the baseline (which runs first and last).
 "$PY" -m experiments.benchmarks.fastpaths --model cifar10 --batch 8 --steps 5 \
-    --variants baseline,jaxlib_default,bfloat16,no_donate,scan4,remat_dots,remat_full,xla_concurrency_scheduler,threefry_not_partitionable \
+    --variants baseline,jaxlib_default,bfloat16,donate,remat_dots,remat_full,xla_concurrency_scheduler,threefry_not_partitionable \
     --out "$OUT/fastpaths_cifar10_b8.json"
+"$PY" -m experiments.benchmarks.fastpaths --model cifar10 --batch 8 --steps 5 --repeats 3 \
+    --variants baseline,donate --out "$OUT/fastpaths_cifar10_b8_donation.json"
+# Two train steps per dispatch (lax.scan): one timed call, since each takes about a minute here.
+"$PY" -m experiments.benchmarks.run --model cifar10 --batch 8 --what train --scan 2 --steps 1 \
+    --warmup 0 --label "scan2" --out "$OUT/cpu_cifar10_b8_scan2.json"
 "$PY" -m experiments.benchmarks.fastpaths --model lsun_church --batch 1 --steps 2 \
     --variants baseline,remat_dots,remat_full --out "$OUT/fastpaths_lsun256_b1.json"
+"$PY" -m experiments.benchmarks.remat_memory --model lsun_church --batch 4 \
+    > "$OUT/remat_memory_lsun256_b4.jsonl"
 # Compilation: plain, persistent cache (cold, warm), serialized executable.
 "$PY" -m experiments.benchmarks.compile_cache --model cifar10 --batch 8 > "$OUT/compile_cache_cifar10_b8.json"
 # The same update on 1, 2, 4, 8 simulated devices.

@@ -2,14 +2,15 @@
 variant, on the same model and batch, one after the other.
 
     python -m experiments.benchmarks.fastpaths --model cifar10 --batch 8 \
-        --variants baseline,bfloat16,scan4,no_donate,xla_xnnpack \
+        --variants baseline,bfloat16,scan4,donate,xla_xnnpack \
         --out experiments/results/benchmarks/fastpaths_cifar10_b8.json
     python -m experiments.benchmarks.fastpaths --list
 
 A variant is extra `run` arguments (a compute dtype, several steps per dispatch, a model option)
 or extra XLA flags. The baseline runs first and again last, so that drift of the machine's load
-between the two shows in the table. Prints a Markdown table of each variant's train and forward
-step time and its speed-up over the baseline (above 1 is faster).
+between the two shows in the table; with --repeats N the whole sequence runs N times round-robin
+and each variant's timed steps are pooled. Prints a Markdown table of each variant's train and
+forward step time and its speed-up over the baseline (above 1 is faster).
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 # name: (run arguments, benchmarks it applies to, what it is)
 VARIANTS: dict[str, tuple[list[str], str, str]] = {
-    "baseline": ([], "train,forward", "float32, state donated, one step per dispatch"),
+    "baseline": ([], "train,forward", "the library's defaults: float32, one step per dispatch"),
     "bfloat16": (["--dtype", "bfloat16"], "train,forward", "bfloat16 compute, float32 params"),
-    "no_donate": (["--no_donate"], "train", "train state not donated"),
+    "donate": (["--donate", "yes"], "train", "train state donated (the default on GPU/TPU)"),
+    "no_donate": (["--donate", "no"], "train", "train state not donated (the default on CPU)"),
     "scan2": (["--scan", "2"], "train", "2 train steps per dispatch (lax.scan)"),
     "scan4": (["--scan", "4"], "train", "4 train steps per dispatch (lax.scan)"),
     "remat_full": (["--model_option", "remat=full"], "train", "UNet remat='full'"),
@@ -157,6 +159,21 @@ def run_variant(name: str, args, tmp: Path) -> dict:
     return record
 
 
+def pool_records(records: list[dict]) -> dict:
+    """One record of a variant run several times: each benchmark's timed steps pooled."""
+    from experiments.benchmarks.run import pool_rounds
+
+    good = [r for r in records if "error" not in r]
+    if not good:
+        return records[0]
+    pooled = json.loads(json.dumps(good[0]))
+    for what, result in pooled["results"].items():
+        result["step"] = pool_rounds([r["results"][what]["step"] for r in good])
+        result["images_per_s"] = pooled["batch"] / result["step"]["median_s"]
+    pooled["repeats"] = len(good)
+    return pooled
+
+
 def table(records: list[dict]) -> str:
     """Markdown: variant, train and forward medians (min-max), speed-up over the first row."""
     base = records[0]["results"]
@@ -198,9 +215,16 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="cifar10")
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--variants", default="baseline,bfloat16,scan4,no_donate")
+    p.add_argument("--variants", default="baseline,bfloat16,scan4,donate")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="run the whole sequence this many times, round-robin, and pool each variant's "
+        "timed steps (drift of the machine's speed then reaches every variant alike)",
+    )
     p.add_argument("--run_args", nargs=argparse.REMAINDER, default=[], help="passed to run")
     p.add_argument("--list", action="store_true")
     p.add_argument("--out", default="")
@@ -214,11 +238,16 @@ def main(argv=None) -> None:
     if unknown:
         raise SystemExit(f"Unknown variants {unknown}; see --list.")
     with tempfile.TemporaryDirectory() as tmp:
-        records = [run_variant("baseline", args, Path(tmp))]
-        records += [run_variant(n, args, Path(tmp)) for n in names]
-        if names:
-            records.append(run_variant("baseline", args, Path(tmp)))
-            records[-1]["variant"] = "baseline (again)"
+        if args.repeats > 1:
+            order = ["baseline", *names]
+            rounds = [[run_variant(n, args, Path(tmp)) for n in order] for _ in range(args.repeats)]
+            records = [pool_records([r[i] for r in rounds]) for i in range(len(order))]
+        else:
+            records = [run_variant("baseline", args, Path(tmp))]
+            records += [run_variant(n, args, Path(tmp)) for n in names]
+            if names:
+                records.append(run_variant("baseline", args, Path(tmp)))
+                records[-1]["variant"] = "baseline (again)"
     text = table(records)
     print(text)
     if args.out:

@@ -9,7 +9,8 @@ FID Inception network, compiled ahead of time and timed on synthetic data.
     ours.bench_inception(batch=8, image_shape=(32, 32, 3), steps=3, warmup=1)
 
 The train step is `train.make_train_step` compiled by `train.compile_train_step` (state
-replicated and donated, batch split over every device), exactly as `diffusion-jax train` runs it.
+replicated, donated on accelerators, batch split over every device), exactly as `diffusion-jax
+train` runs it.
 Each result holds the compile times, the step-time statistics, images/s, XLA's FLOPs per step
 (cost analysis of the compiled executable), an independent count of the matmul and convolution
 FLOPs from the jaxpr, the achieved FLOP/s and XLA's buffer sizes.
@@ -163,7 +164,7 @@ def prepare_train(
     batch: int,
     *,
     scan: int = 1,
-    donate: bool = True,
+    donate: bool | None = None,
     options: dict[str, Any] | None = None,
 ) -> Prepared:
     """The training step on `batch` synthetic images, compiled."""
@@ -180,12 +181,10 @@ def prepare_train(
     rep = parallel.replicated(mesh)
     batch_sharding = parallel.batch_sharding(mesh)
     images = _images(batch, shape)
+    donate = train.donate_by_default(mesh) if donate is None else donate
     if scan == 1:
         data = parallel.global_batch(mesh, {"image": images})
-        if donate:
-            jitted = train.compile_train_step(step_fn, mesh)  # the library's own
-        else:
-            jitted = jax.jit(step_fn, in_shardings=(rep, batch_sharding), out_shardings=(rep, rep))
+        jitted = train.compile_train_step(step_fn, mesh, donate=donate)  # the library's own
     else:
         stacked = np.stack([_images(batch, shape, seed=i) for i in range(scan)])
         scan_sharding = NamedSharding(mesh, PartitionSpec(None, *batch_sharding.spec))

@@ -90,6 +90,33 @@ def render(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def cache_table(data: dict) -> str:
+    """compile_cache: lowering, compilation (or loading) and the first step of each mode."""
+    lines = ["| mode | lowering, s | compile or load, s | first step, s | process wall, s |",
+             "| --- | --- | --- | --- | --- |"]  # fmt: skip
+    for mode, r in data["modes"].items():
+        if "error" in r:
+            lines.append(f"| {mode} | failed | | | |")
+            continue
+        lines.append(f"| {mode} | {r['lower_s']:.1f} | {r['compile_s']:.1f} | "
+                     f"{r['first_step_s']:.1f} | {r['process_wall_s']:.1f} |")  # fmt: skip
+    lines.append(f"\n{data['model']}, batch {data['batch']}; same loss in every mode: "
+                 f"{data['same_loss']}")  # fmt: skip
+    return "\n".join(lines)
+
+
+def scaling_table(data: dict) -> str:
+    """scaling: step time and agreement with one device, per simulated device count."""
+    lines = ["| devices | step, ms (min-max) | max abs. loss difference | max abs. parameter "
+             "difference | same as 1 device |", "| --- | --- | --- | --- | --- |"]  # fmt: skip
+    for r in data["runs"]:
+        lines.append(f"| {r['devices']} | {_ms(r['step'])} | {r['max_abs_loss_diff']:.1e} | "
+                     f"{r['max_abs_param_diff']:.1e} | {r['same_as_1_device']} |")  # fmt: skip
+    lines.append(f"\n{data['model']}, global batch {data['batch']}, {data['steps']} steps; "
+                 f"{data['note']}")  # fmt: skip
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("files", nargs="+")
@@ -99,6 +126,10 @@ def main(argv=None) -> None:
         data = json.loads(Path(file).read_text())
         if "records" in data:  # a fastpaths file
             print(data["table"], end="\n\n")
+        elif "modes" in data:  # a compile_cache file
+            print(cache_table(data), end="\n\n")
+        elif "runs" in data:  # a scaling file
+            print(scaling_table(data), end="\n\n")
         else:
             records.append(data)
     if records:

@@ -55,7 +55,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1, help="discarded calls after the first")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None, help="compute dtype")
     p.add_argument("--scan", type=int, default=1, help="train steps per dispatch (lax.scan)")
-    p.add_argument("--no_donate", action="store_true", help="do not donate the train state")
+    p.add_argument(
+        "--donate",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="donate the train state (auto: the library's default, train.donate_by_default: "
+        "on accelerators, not on CPUs)",
+    )
     p.add_argument(
         "--model_option", action="append", default=[], metavar="KEY=VALUE", help="UNet attribute"
     )
@@ -345,7 +351,12 @@ def main(argv=None) -> dict[str, Any]:
     if "train" in whats:
         print("[bench] compiling train ...", file=sys.stderr, flush=True)
         prepared["train"] = ours.prepare_train(
-            config, shape, args.batch, scan=args.scan, donate=not args.no_donate, options=options
+            config,
+            shape,
+            args.batch,
+            scan=args.scan,
+            donate={"auto": None, "yes": True, "no": False}[args.donate],
+            options=options,
         )
     if "forward" in whats:
         print("[bench] compiling forward ...", file=sys.stderr, flush=True)
