@@ -30,24 +30,14 @@ def child(args) -> dict:
     import jax
     import numpy as np
 
-    from diffusion_jax import parallel, perf, schedules, train
-    from diffusion_jax.models import make_apply_fn
-    from diffusion_jax.train_state import make_optimizer
+    from diffusion_jax import parallel, perf, train
     from experiments.benchmarks import ours
 
     if args.cache_dir:
         perf.enable_compilation_cache(args.cache_dir, min_compile_time_s=0.0)
     config, shape = ours.load_model_config(args.model)
-    config.training.batch_size = args.batch
-    mesh = parallel.data_mesh()
-    model = ours.build_model(config, shape)
-    tx, lr_fn = make_optimizer(config.optim)
-    d = config.diffusion
-    sched = schedules.make_schedule(d.beta_schedule, d.num_timesteps)
-    _, init = train.init_train_state(config, model, tx, shape, mesh)
-    step_fn = train.compile_train_step(
-        train.make_train_step(make_apply_fn(model), tx, lr_fn, sched, config), mesh
-    )
+    mesh, _, step, _, init = ours.train_step_setup(config, shape, args.batch)
+    step_fn = train.compile_train_step(step, mesh)
     state = init()
     x = np.random.default_rng(0).uniform(-1, 1, (args.batch, *shape)).astype(np.float32)
     batch = parallel.global_batch(mesh, {"image": x})

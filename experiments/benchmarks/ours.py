@@ -158,6 +158,22 @@ def multi_step(train_step, k: int):
     return run
 
 
+def train_step_setup(config, shape, batch: int, options: dict[str, Any] | None = None):
+    """The library's train step for `config` at global `batch` on every local device, as
+    `diffusion-jax train` builds it: (mesh, model, step_fn (not yet jitted), abstract state,
+    init() -> state)."""
+    config = config.copy_and_resolve_references()
+    config.training.batch_size = batch
+    mesh = parallel.data_mesh()
+    model = build_model(config, shape, options)
+    tx, lr_fn = make_optimizer(config.optim)
+    d = config.diffusion
+    sched = schedules.make_schedule(d.beta_schedule, d.num_timesteps)
+    abstract, init = train.init_train_state(config, model, tx, shape, mesh)
+    step_fn = train.make_train_step(make_apply_fn(model), tx, lr_fn, sched, config)
+    return mesh, model, step_fn, abstract, init
+
+
 def prepare_train(
     config,
     shape,
@@ -168,15 +184,7 @@ def prepare_train(
     options: dict[str, Any] | None = None,
 ) -> Prepared:
     """The training step on `batch` synthetic images, compiled."""
-    config = config.copy_and_resolve_references()
-    config.training.batch_size = batch
-    mesh = parallel.data_mesh()
-    model = build_model(config, shape, options)
-    tx, lr_fn = make_optimizer(config.optim)
-    d = config.diffusion
-    sched = schedules.make_schedule(d.beta_schedule, d.num_timesteps)
-    _, init = train.init_train_state(config, model, tx, shape, mesh)
-    step_fn = train.make_train_step(make_apply_fn(model), tx, lr_fn, sched, config)
+    mesh, model, step_fn, _, init = train_step_setup(config, shape, batch, options)
     state = init()
     rep = parallel.replicated(mesh)
     batch_sharding = parallel.batch_sharding(mesh)

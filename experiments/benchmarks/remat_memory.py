@@ -15,9 +15,7 @@ import json
 
 import jax
 
-from diffusion_jax import parallel, schedules, train
-from diffusion_jax.models import make_apply_fn
-from diffusion_jax.train_state import make_optimizer
+from diffusion_jax import train
 from experiments.benchmarks import measure, ours
 
 
@@ -27,16 +25,10 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=4)
     args = p.parse_args(argv)
     config, shape = ours.load_model_config(args.model)
-    config.training.batch_size = args.batch
-    mesh = parallel.data_mesh()
-    tx, lr_fn = make_optimizer(config.optim)
-    d = config.diffusion
-    sched = schedules.make_schedule(d.beta_schedule, d.num_timesteps)
     images = {"image": jax.ShapeDtypeStruct((args.batch, *shape), jax.numpy.float32)}
     for remat in ("", "dots", "full"):
-        model = ours.build_model(config, shape, {"remat": remat} if remat else None)
-        abstract, _ = train.init_train_state(config, model, tx, shape, mesh)
-        step = train.make_train_step(make_apply_fn(model), tx, lr_fn, sched, config)
+        options = {"remat": remat} if remat else None
+        mesh, _, step, abstract, _ = ours.train_step_setup(config, shape, args.batch, options)
         for donate in (True, False):
             jitted = train.compile_train_step(step, mesh, donate=donate)
             compiled = jitted.lower(abstract, images).compile()
