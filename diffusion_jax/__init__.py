@@ -1,6 +1,7 @@
 """diffusion_jax: denoising diffusion probabilistic models as pure JAX functions and Flax modules.
 
-    from diffusion_jax import schedules, diffusion, losses, sampling
+    from diffusion_jax.core import schedules, diffusion, losses
+    from diffusion_jax.sampling import samplers as sampling
     from diffusion_jax.models import ddpm_unet, make_apply_fn
 
 The maths: `schedules` (the noise schedule pytree, respacing), `diffusion` (q(x_t|x_0),

@@ -17,8 +17,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax import data, generate, images, sampling
-from diffusion_jax.config import base_config
+from diffusion_jax.configs.base import base_config
+from diffusion_jax.data import images
+from diffusion_jax.data import pipeline as data
+from diffusion_jax.sampling import generate
+from diffusion_jax.sampling import samplers as sampling
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -28,11 +28,13 @@ import jax
 import numpy as np
 from sklearn.svm import SVC
 
-from diffusion_jax import data, generate, images
-from diffusion_jax.classifier_train import load_classifier
-from diffusion_jax.config import base_config
+from diffusion_jax.configs.base import base_config
+from diffusion_jax.data import images
+from diffusion_jax.data import pipeline as data
 from diffusion_jax.evaluation import two_sample
 from diffusion_jax.models.classifier import make_classifier_apply_fn, make_classifier_cond_fn
+from diffusion_jax.sampling import generate
+from diffusion_jax.training.classifier import load_classifier
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

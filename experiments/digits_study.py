@@ -33,8 +33,8 @@ from pathlib import Path
 
 import jax
 
-from diffusion_jax import evaluate, generate
-from diffusion_jax.evaluation import features
+from diffusion_jax.evaluation import evaluate, features
+from diffusion_jax.sampling import generate
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results"

@@ -41,10 +41,12 @@ sys.path.insert(0, str(ROOT))
 
 import jax  # noqa: E402
 
-from diffusion_jax import parallel, schedules, train  # noqa: E402
+from diffusion_jax import parallel  # noqa: E402
+from diffusion_jax.core import schedules  # noqa: E402
 from diffusion_jax.models import make_apply_fn  # noqa: E402
 from diffusion_jax.models.factory import create_model  # noqa: E402
-from diffusion_jax.train_state import make_optimizer  # noqa: E402
+from diffusion_jax.training import train  # noqa: E402
+from diffusion_jax.training.state import make_optimizer  # noqa: E402
 
 CHIPS = (8, 64, 256)
 MFU = 0.40  # assumed share of peak FLOP/s that the U-Net step reaches (not measured here)

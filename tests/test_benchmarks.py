@@ -20,8 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_jax import pretrained
 from diffusion_jax.models import UNet, ddpm_unet, make_apply_fn
+from diffusion_jax.pretrained import diffusers as pretrained
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(
@@ -183,8 +183,9 @@ def test_model_options_parse():
 
 def test_k_steps_per_dispatch_equal_k_single_steps():
     """`ours.multi_step` (lax.scan over k batches) reaches the same state as k calls."""
-    from diffusion_jax import schedules, train
-    from diffusion_jax.train_state import create_train_state, make_optimizer
+    from diffusion_jax.core import schedules
+    from diffusion_jax.training import train
+    from diffusion_jax.training.state import create_train_state, make_optimizer
 
     config, shape = ours.load_model_config("toy2d")
     model = ours.build_model(config, shape)

@@ -14,8 +14,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceShardin
 
 from diffusion_jax import checkpoint
 from diffusion_jax.checkpoint import Checkpointer, CheckpointError, PreemptionGuard
-from diffusion_jax.config import base_config
-from diffusion_jax.train_state import create_train_state
+from diffusion_jax.configs.base import base_config
+from diffusion_jax.training.state import create_train_state
 
 
 def make_state(rows=8, extra=False, seed=0):

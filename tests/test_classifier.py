@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_jax import checkpoint, classifier_train, cli, schedules
+from diffusion_jax import checkpoint, cli
+from diffusion_jax.core import schedules
 from diffusion_jax.models import UNet
 from diffusion_jax.models.classifier import (
     NoisyClassifier,
@@ -17,6 +18,7 @@ from diffusion_jax.models.classifier import (
     make_classifier_apply_fn,
     make_classifier_cond_fn,
 )
+from diffusion_jax.training import classifier as classifier_train
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "experiments" / "configs" / "digits_classifier.py")

@@ -19,7 +19,7 @@ def test_info_counts_the_cifar10_unet(capsys):
 
 def test_module_entry_point_runs_in_a_fresh_process():
     proc = subprocess.run(
-        [sys.executable, "-m", "diffusion_jax.cli", "--version"],
+        [sys.executable, "-m", "diffusion_jax", "--version"],
         capture_output=True,
         text=True,
         check=True,

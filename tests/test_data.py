@@ -1,4 +1,4 @@
-"""Tests of diffusion_jax.data and diffusion_jax.data_sources (offline: digits, toy2d, folders)."""
+"""Tests of diffusion_jax.data (pipeline, sources), offline: digits, toy2d, folders."""
 
 import sys
 import time
@@ -11,8 +11,9 @@ import pytest
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from diffusion_jax import data, data_sources
-from diffusion_jax.config import base_config
+from diffusion_jax.configs.base import base_config
+from diffusion_jax.data import pipeline as data
+from diffusion_jax.data import sources as data_sources
 
 
 def _config(**overrides) -> ml_collections.ConfigDict:

@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_jax import diffusion, schedules
+from diffusion_jax.core import diffusion, schedules
 
 SCHED = schedules.make_schedule("linear", 1000)
 

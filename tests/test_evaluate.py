@@ -11,11 +11,14 @@ import jax
 import numpy as np
 import pytest
 
-from diffusion_jax import classifier_train, cli, evaluate, generate, losses, schedules
-from diffusion_jax.config import base_config
-from diffusion_jax.evaluation import features
+from diffusion_jax import cli
+from diffusion_jax.configs.base import base_config
+from diffusion_jax.core import losses, schedules
+from diffusion_jax.evaluation import evaluate, features
 from diffusion_jax.models import make_apply_fn
 from diffusion_jax.models.factory import create_model
+from diffusion_jax.sampling import generate
+from diffusion_jax.training import classifier as classifier_train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "experiments" / "configs" / "tiny.py")

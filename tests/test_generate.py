@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from diffusion_jax import cli, generate, train
+from diffusion_jax import cli
+from diffusion_jax.sampling import generate
+from diffusion_jax.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "experiments" / "configs" / "tiny.py")

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_jax import diffusion, losses, schedules
+from diffusion_jax.core import diffusion, losses, schedules
 
 SCHED = schedules.make_schedule("linear", 1000)
 

@@ -28,9 +28,12 @@ import jax
 import numpy as np
 import pytest
 
-from diffusion_jax import checkpoint, cli, data, generate, parallel, train
+from diffusion_jax import checkpoint, cli, parallel
+from diffusion_jax.data import pipeline as data
 from diffusion_jax.models.factory import create_model
-from diffusion_jax.train_state import make_optimizer
+from diffusion_jax.sampling import generate
+from diffusion_jax.training import train
+from diffusion_jax.training.state import make_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "experiments" / "configs" / "tiny.py")
@@ -47,7 +50,8 @@ DEADLINE_S = 240  # no phase may take longer: a hang fails the test instead of b
 # step `at` (through the public evaluation hook).
 KILLING_RUN = """
 import os, signal, sys
-from diffusion_jax import cli, train
+from diffusion_jax import cli
+from diffusion_jax.training import train
 victim, at, argv = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
 cli.start_distributed(cli.distributed_flags(argv)[0])
 import jax

@@ -23,7 +23,7 @@ import ml_collections
 import pytest
 
 from diffusion_jax import cli
-from diffusion_jax.config import flatten_keys
+from diffusion_jax.configs.base import flatten_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = ROOT / "experiments" / "paper"
@@ -277,7 +277,7 @@ def _argparse_errors(command, rest, parser, ns) -> list[str]:
     if command == "sample" and ns.out and not ns.out.endswith(".npz"):
         errors.append(f"sample --out {ns.out} should be an .npz")
     if command == "prepare-data":
-        from diffusion_jax.data_sources import TFDS_NAMES
+        from diffusion_jax.data.sources import TFDS_NAMES
 
         if ns.name not in TFDS_NAMES:
             errors.append(f"prepare-data {ns.name!r}: not one of {sorted(TFDS_NAMES)}")
@@ -285,7 +285,7 @@ def _argparse_errors(command, rest, parser, ns) -> list[str]:
         if ns.config:
             errors += _config_file_errors(ns.config)
         if ns.dataset:
-            from diffusion_jax.data import DATASETS
+            from diffusion_jax.data.pipeline import DATASETS
 
             if ns.dataset not in DATASETS:
                 errors.append(f"ref-stats --dataset {ns.dataset!r} is not a dataset")

@@ -21,8 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_jax import generate, pretrained
 from diffusion_jax.models.unet import UNet
+from diffusion_jax.pretrained import diffusers as pretrained
+from diffusion_jax.sampling import generate
 
 # The layouts of google/ddpm-cifar10-32 and google/ddpm-{celebahq,church,bedroom,cat}-256.
 CIFAR10 = dict(

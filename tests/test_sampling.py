@@ -7,10 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_jax import diffusion, sampling, schedules
+from diffusion_jax.core import diffusion, schedules
 from diffusion_jax.evaluation import two_sample
 from diffusion_jax.models.mlp import MLPDenoiser
 from diffusion_jax.models.unet import make_apply_fn
+from diffusion_jax.sampling import samplers as sampling
 
 MEANS = np.array([[-1.0, 0.0], [1.0, 0.5], [0.0, -1.0]])
 STDS = np.array([0.3, 0.25, 0.35])

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_jax import schedules
+from diffusion_jax.core import schedules
 
 
 def test_linear_is_ddpm_at_1000_and_scaled_for_other_t():

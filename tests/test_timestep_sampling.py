@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_jax import timestep_sampling as ts
+from diffusion_jax.core import timestep_sampling as ts
 
 
 def test_uniform_covers_every_step_with_unit_weights():

@@ -11,11 +11,13 @@ import jax
 import numpy as np
 import pytest
 
-from diffusion_jax import checkpoint, data, parallel, train
+from diffusion_jax import checkpoint, parallel
+from diffusion_jax.data import pipeline as data
 from diffusion_jax.evaluation import two_sample
 from diffusion_jax.models import make_apply_fn
 from diffusion_jax.models.factory import create_model
-from diffusion_jax.train_state import make_optimizer
+from diffusion_jax.training import train
+from diffusion_jax.training.state import make_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "experiments" / "configs" / "tiny.py")
@@ -24,7 +26,8 @@ TINY = str(ROOT / "experiments" / "configs" / "tiny.py")
 # evaluation hook), to play a preemption (SIGTERM) or a crash (SIGKILL) at a known step.
 SIGNALLING_RUN = """
 import os, signal, sys
-from diffusion_jax import cli, perf, train
+from diffusion_jax import cli, perf
+from diffusion_jax.training import train
 perf.use_cpu_xla_flags()  # as `diffusion-jax` does: XLA's CPU kernels, and so the rounding, match
 at, sig = int(sys.argv[1]), getattr(signal, sys.argv[2])
 config, workdir = cli.parse_train_flags(sys.argv[3:])
@@ -162,7 +165,8 @@ def test_toy2d_samples_pass_a_two_sample_test_after_training(tmp_path):
     model = create_model(config, (2,))
     apply_fn = make_apply_fn(model)
     d = config.diffusion
-    from diffusion_jax import sampling, schedules
+    from diffusion_jax.core import schedules
+    from diffusion_jax.sampling import samplers as sampling
 
     sched = schedules.make_schedule(d.beta_schedule, d.num_timesteps)
 

@@ -5,11 +5,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_jax import parallel, schedules, train
-from diffusion_jax.config import base_config
+from diffusion_jax import parallel
+from diffusion_jax.configs.base import base_config
+from diffusion_jax.core import schedules
 from diffusion_jax.models import make_apply_fn
 from diffusion_jax.models.factory import create_model
-from diffusion_jax.train_state import make_optimizer
+from diffusion_jax.training import train
+from diffusion_jax.training.state import make_optimizer
 
 SHAPE = (8, 8, 1)
 

@@ -4,5 +4,5 @@
 Inception-v3 in Flax with pytorch-fid's weights. `features`: the feature-extractor protocol and the
 classifier features for small data. `two_sample`: kernel MMD two-sample tests. The run-level
 functions (reference statistics, sample metrics, bits/dim over a dataset) are in
-`diffusion_jax.evaluate`.
+`diffusion_jax.evaluation.evaluate`.
 """

@@ -54,7 +54,7 @@ def check_images(images: np.ndarray, what: str = "images") -> np.ndarray:
     if images.dtype != np.uint8:
         raise ValueError(
             f"{what} must be uint8 in 0..255 (as `diffusion-jax sample` writes them); got "
-            f"{images.dtype}. Convert floats in [-1, 1] with diffusion_jax.images.to_uint8."
+            f"{images.dtype}. Convert floats in [-1, 1] with diffusion_jax.data.images.to_uint8."
         )
     return images
 
@@ -112,8 +112,8 @@ def classifier_extractor(
 
     Images are scaled to [-1, 1] as the data pipeline does; their shape must be the classifier's
     input shape (a ValueError says which it expects)."""
-    from diffusion_jax import classifier_train
     from diffusion_jax.models.classifier import NoisyClassifier
+    from diffusion_jax.training import classifier as classifier_train
 
     module, params = classifier_train.load_classifier(workdir)
     assert isinstance(module, NoisyClassifier)
@@ -188,7 +188,7 @@ def dataset_images(
     """(uint8 images [B, H, W, C], labels [B] or None) of a dataset split, in order, as the model
     sees them (resized and cropped to `data.image_size`, no flips); at most `max_images` (0: all).
     Each process reads its own share of the split."""
-    from diffusion_jax import data
+    from diffusion_jax.data import pipeline as data
 
     seen = 0
     for batch in data.make_eval_iterator(data_config, batch_size=batch_size, split=split):

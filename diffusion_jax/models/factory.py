@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from diffusion_jax.diffusion import learns_variance
+from diffusion_jax.core.diffusion import learns_variance
 from diffusion_jax.models.mlp import MLPDenoiser
 from diffusion_jax.models.unet import UNet
 

@@ -30,7 +30,8 @@ def child(args) -> dict:
     import jax
     import numpy as np
 
-    from diffusion_jax import parallel, perf, train
+    from diffusion_jax import parallel, perf
+    from diffusion_jax.training import train
     from experiments.benchmarks import ours
 
     if args.cache_dir:

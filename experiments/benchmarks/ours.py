@@ -29,10 +29,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from diffusion_jax import parallel, sampling, schedules, train
+from diffusion_jax import parallel
+from diffusion_jax.core import schedules
 from diffusion_jax.models import count_params, make_apply_fn
 from diffusion_jax.models.factory import create_model
-from diffusion_jax.train_state import make_optimizer
+from diffusion_jax.sampling import samplers as sampling
+from diffusion_jax.training import train
+from diffusion_jax.training.state import make_optimizer
 from experiments.benchmarks import measure
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -63,7 +66,7 @@ def image_shape(config) -> tuple[int, ...]:
     if dataset in _SHAPES:
         shape = _SHAPES[dataset]
     else:
-        from diffusion_jax import data
+        from diffusion_jax.data import pipeline as data
 
         shape = data.dataset_info(config.data).shape
     if size and len(shape) == 3:

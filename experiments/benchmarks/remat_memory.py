@@ -15,7 +15,7 @@ import json
 
 import jax
 
-from diffusion_jax import train
+from diffusion_jax.training import train
 from experiments.benchmarks import measure, ours
 
 

@@ -30,7 +30,8 @@ def child(args) -> dict:
     import jax
     import numpy as np
 
-    from diffusion_jax import parallel, train
+    from diffusion_jax import parallel
+    from diffusion_jax.training import train
     from experiments.benchmarks import measure, ours
 
     config, shape = ours.load_model_config(args.model)

@@ -7,7 +7,7 @@ T=1000 linear betas, eps prediction with L_simple, the 35.7M-parameter U-Net (ch
 steps, gradient clipping at 1.0, EMA 0.9999, random horizontal flips, 800k steps.
 """
 
-from diffusion_jax.config import base_config
+from diffusion_jax.configs.base import base_config
 
 
 def get_config():

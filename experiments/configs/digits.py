@@ -7,7 +7,7 @@ recipe otherwise (T=1000 linear, eps, L_simple), 2,500 steps of batch 64: about 
 two CPU cores, with sample grids (EMA parameters, 250 respaced steps) in runs/digits/samples.
 """
 
-from diffusion_jax.config import base_config
+from diffusion_jax.configs.base import base_config
 
 
 def get_config():

@@ -10,7 +10,7 @@ classifier only fits the schedule it was trained on. Adam at 1e-3, batch 64, no 
 
 import ml_collections
 
-from diffusion_jax.config import base_config
+from diffusion_jax.configs.base import base_config
 
 
 def get_config():

@@ -4,7 +4,7 @@ time so that one network gives both eps(x, y) and eps(x, null) for classifier-fr
     diffusion-jax train --config experiments/configs/digits_cond.py --workdir runs/digits_cond
 """
 
-from diffusion_jax.config import base_config
+from diffusion_jax.configs.base import base_config
 
 
 def get_config():

@@ -13,7 +13,7 @@ and its logits the Inception-Score analogue and class accuracy of samples.
 
 import ml_collections
 
-from diffusion_jax.config import base_config
+from diffusion_jax.configs.base import base_config
 
 
 def get_config():

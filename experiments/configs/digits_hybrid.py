@@ -4,7 +4,7 @@
     diffusion-jax train --config experiments/configs/digits_hybrid.py --workdir runs/digits_hybrid
 """
 
-from diffusion_jax.config import base_config
+from diffusion_jax.configs.base import base_config
 
 
 def get_config():

@@ -6,7 +6,7 @@ flips: the paper's appendix names LSUN Bedroom as the one dataset trained withou
 diffusion-jax train --config experiments/configs/lsun_bedroom.py --workdir runs/lsun_bedroom
 """
 
-from diffusion_jax.config import ddpm256_config
+from diffusion_jax.configs.base import ddpm256_config
 
 
 def get_config():

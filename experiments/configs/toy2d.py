@@ -3,7 +3,7 @@
 diffusion-jax train --config experiments/configs/toy2d.py --workdir runs/toy2d
 """
 
-from diffusion_jax.config import base_config
+from diffusion_jax.configs.base import base_config
 
 
 def get_config():

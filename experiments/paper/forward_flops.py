@@ -33,7 +33,7 @@ def forward_flops(config_name: str, batch: int) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from diffusion_jax import data
+    from diffusion_jax.data import pipeline as data
     from diffusion_jax.models import make_apply_fn
     from diffusion_jax.models.factory import create_model
 

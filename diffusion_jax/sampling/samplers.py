@@ -30,8 +30,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from diffusion_jax import diffusion
-from diffusion_jax.schedules import Schedule
+from diffusion_jax.core import diffusion
+from diffusion_jax.core.schedules import Schedule
 
 _STATIC = ("apply_fn", "shape", "mean_type", "var_type", "clip_denoised", "num_classes", "cond_fn")
 

@@ -1,6 +1,6 @@
 """Random-access data sources: TFDS (array_record), image folders, sklearn digits, 2-D toy data.
 
-    from diffusion_jax import data_sources
+    from diffusion_jax.data import sources as data_sources
     source = data_sources.DigitsSource("train")      # len(source) == 1612
     source[0]  # {"image": uint8 [8, 8, 1], "label": 3}
     builder = data_sources.tfds_builder("cifar10", data_dir="")  # raises DatasetNotFoundError
@@ -10,7 +10,7 @@
 Every source has `__len__` and `__getitem__(i) -> {"image": ..., "label": int}`, the protocol of
 `grain.sources.RandomAccessDataSource`, and pickles cheaply (grain's worker processes are spawned
 and receive the source by pickle). Images are uint8 [H, W, C]; `toy2d` yields float32 [2] points.
-Preprocessing (crop, resize, scaling to [-1, 1], flips) lives in `diffusion_jax.data`.
+Preprocessing (crop, resize, scaling to [-1, 1], flips) lives in `diffusion_jax.data.pipeline`.
 
 TFDS is read through `builder.as_data_source` (array_record files, no TensorFlow import). Preparing
 a TFDS dataset is different: TFDS encodes images with TensorFlow while writing, so `prepare_data`

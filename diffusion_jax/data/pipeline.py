@@ -1,6 +1,6 @@
 """Input pipelines: the dataset named by `config.data` -> grain -> host-local numpy batches.
 
-    from diffusion_jax import data
+    from diffusion_jax.data import pipeline as data
     info = data.dataset_info(config.data)   # DatasetInfo(name="digits", shape=(8, 8, 1), ...)
     it = data.make_train_iterator(config.data, global_batch_size=128, seed=config.seed)
     batch = next(it)  # {"image": float32 [128 // process_count, 8, 8, 1] in [-1, 1],
@@ -26,7 +26,7 @@ order, in that order, whatever the number of hosts P: host p reads only its cont
 B / P of them (the rows its devices hold), so hosts never read the same example within an epoch,
 and the stream, the global batch and hence the training run depend only on the seed (a run on 2
 hosts of 4 devices computes what one host of 8 does). Datasets: see `DATASETS` and
-`diffusion_jax.data_sources`.
+`diffusion_jax.data.sources`.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from diffusion_jax.data_sources import (
+from diffusion_jax.data.sources import (
     TFDS_NAMES,
     TOY2D_LENGTH,
     DataPreparationError,

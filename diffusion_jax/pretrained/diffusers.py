@@ -40,11 +40,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from diffusion_jax import schedules, timestep_sampling
 from diffusion_jax.checkpoint import Checkpointer, CheckpointError
+from diffusion_jax.core import schedules, timestep_sampling
 from diffusion_jax.models.layers import GROUPNORM_EPSILON, GROUPNORM_GROUPS
 from diffusion_jax.models.unet import UNet
-from diffusion_jax.train_state import create_train_state, make_optimizer
+from diffusion_jax.training.state import create_train_state, make_optimizer
 
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 PROVENANCE_FILE = "imported_from.json"

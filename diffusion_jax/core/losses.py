@@ -1,7 +1,7 @@
 """Likelihood terms and training losses: KL, the discretised Gaussian decoder, the variational bound
 in bits/dim (L_T, L_{t-1}, L_0), L_simple and the hybrid loss, and the full bound over all T steps.
 
-    from diffusion_jax import losses
+    from diffusion_jax.core import losses
     terms = losses.training_losses(apply_fn, params, sched, x_0, t, noise, rng=dropout_key,
                                    loss_type="mse")         # L_simple: terms["loss"] is [B]
     bpd = losses.calc_bpd_loop(apply_fn, params, sched, x_0, key,
@@ -22,9 +22,9 @@ import math
 import jax
 import jax.numpy as jnp
 
-from diffusion_jax import diffusion
-from diffusion_jax.diffusion import MeanType, VarType
-from diffusion_jax.schedules import Schedule
+from diffusion_jax.core import diffusion
+from diffusion_jax.core.diffusion import MeanType, VarType
+from diffusion_jax.core.schedules import Schedule
 
 LOSS_TYPES = ("mse", "rescaled_mse", "hybrid", "kl", "rescaled_kl")
 _LOG2 = math.log(2.0)
@@ -204,7 +204,7 @@ def training_losses(
 ) -> dict[str, jnp.ndarray]:
     """Diffuses x_0 to x_t with `noise`, runs the network, and returns `losses_from_output`'s terms.
 
-    `t` [B] are the timesteps (see `diffusion_jax.timestep_sampling` for uniform and importance
+    `t` [B] are the timesteps (see `diffusion_jax.core.timestep_sampling` for uniform and importance
     sampled draws and their weights); `rng` drives dropout when `train`."""
     x_t = diffusion.q_sample(schedule, x_start, t, noise)
     model_output = apply_fn(

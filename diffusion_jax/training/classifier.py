@@ -3,7 +3,7 @@
     diffusion-jax train-classifier --config experiments/configs/digits_classifier.py \\
         --workdir runs/digits_classifier
 
-    from diffusion_jax import classifier_train
+    from diffusion_jax.training import classifier as classifier_train
     state = classifier_train.train_classifier(config, "runs/digits_classifier")   # resumes
     module, params = classifier_train.load_classifier("runs/digits_classifier",
                                                       diffusion_config=model_config.diffusion)
@@ -39,10 +39,13 @@ import ml_collections
 import numpy as np
 import optax
 
-from diffusion_jax import checkpoint, data, diffusion, loop, parallel, schedules, train
-from diffusion_jax import timestep_sampling as ts
+from diffusion_jax import checkpoint, parallel
+from diffusion_jax.core import diffusion, schedules
+from diffusion_jax.core import timestep_sampling as ts
+from diffusion_jax.data import pipeline as data
 from diffusion_jax.models.classifier import NoisyClassifier, make_classifier_apply_fn
-from diffusion_jax.train_state import (
+from diffusion_jax.training import loop, train
+from diffusion_jax.training.state import (
     TrainState,
     apply_gradients,
     check_on_nonfinite,

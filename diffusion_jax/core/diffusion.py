@@ -1,7 +1,7 @@
 """The Gaussian diffusion process as pure functions of arrays: q(x_t|x_0), q(x_{t-1}|x_t,x_0),
 p(x_{t-1}|x_t) and the conversions between the network's parameterisations.
 
-    from diffusion_jax import diffusion, schedules
+    from diffusion_jax.core import diffusion, schedules
     sched = schedules.make_schedule("linear", 1000)
     x_t = diffusion.q_sample(sched, x_0, t, noise)                  # [B, H, W, C]
     out = diffusion.p_mean_variance(sched, apply_fn(params, x_t, t), x_t, t,
@@ -20,7 +20,7 @@ from typing import Literal
 
 import jax.numpy as jnp
 
-from diffusion_jax.schedules import Schedule, extract
+from diffusion_jax.core.schedules import Schedule, extract
 
 MeanType = Literal["eps", "x0", "v"]
 VarType = Literal["fixed_small", "fixed_large", "learned", "learned_range"]

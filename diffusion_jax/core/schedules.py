@@ -1,6 +1,6 @@
 """Noise schedules: beta schedules -> a frozen `Schedule` pytree of precomputed tables; respacing.
 
-    from diffusion_jax import schedules
+    from diffusion_jax.core import schedules
     sched = schedules.make_schedule("linear", 1000)            # DDPM's schedule
     fast = schedules.make_schedule("cosine", 4000, respacing="ddim50")
     fast.num_timesteps, fast.timestep_map      # 50, and the original step of each kept step

@@ -248,7 +248,8 @@ def dataset_bpd(
     gathered once. Returns the means over examples: "bpd" (the bound, L_T + sum of L_t),
     "prior_bpd" (L_T), "decoder_bpd" (L_0), "vb_bpd" (the L_1..L_{T-1} sum), "mse" (mean eps
     MSE over t) and "num_examples"."""
-    from diffusion_jax import data, schedules
+    from diffusion_jax.core import schedules
+    from diffusion_jax.data import pipeline as data
 
     config = run.config
     d = config.diffusion
@@ -320,7 +321,7 @@ def _bpd_terms(apply_fn, params, schedule, x0, y, idx, key, *, mean_type, var_ty
     """Each example's bound terms, with the noise of key fold_in(key, its index in the split).
     Module-level and jitted on `apply_fn`, so repeated evaluations (training's hook) compile once.
     """
-    from diffusion_jax import losses
+    from diffusion_jax.core import losses
 
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(idx)
     out = losses.calc_bpd_loop(
@@ -344,7 +345,8 @@ def make_train_eval_fn(config: Any, apply_fn: Any, workdir: str | Path):
     `eval.num_samples` samples (`eval.sampler`, `eval.steps` respaced steps) against the held-out
     split's reference statistics under `eval.features` (cached in workdir/eval/). None when
     `config.eval` asks for nothing."""
-    from diffusion_jax import data, generate
+    from diffusion_jax.data import pipeline as data
+    from diffusion_jax.sampling import generate
 
     ev = config.eval
     if not (ev.bpd_examples or ev.num_samples):

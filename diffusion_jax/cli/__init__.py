@@ -141,7 +141,7 @@ def parse_train_flags(argv: list[str]):
 
 def _explain_flag_error(argv: list[str], error: Exception) -> str:
     """The flag parser's complaint, and for a mistyped config key the nearest real keys."""
-    from diffusion_jax.config import flatten_keys, nearest_keys
+    from diffusion_jax.configs.base import flatten_keys, nearest_keys
 
     path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
     if path is None and "--config" in argv[:-1]:
@@ -165,7 +165,7 @@ def _explain_flag_error(argv: list[str], error: Exception) -> str:
 def _train(argv: list[str]) -> int:
     start_distributed(distributed_flags(argv)[0])
     config, workdir = parse_train_flags(argv)
-    from diffusion_jax import train
+    from diffusion_jax.training import train
 
     train.train(config, workdir)
     return 0
@@ -196,7 +196,7 @@ def _add_sampling_flags(parser: argparse.ArgumentParser, num: int) -> None:
 
 def _with_var_type(args: argparse.Namespace, run):
     """`run` with the fixed variance of --var_type, when given."""
-    from diffusion_jax import generate
+    from diffusion_jax.sampling import generate
 
     if not args.var_type:
         return run
@@ -210,15 +210,15 @@ def _draw_samples(args: argparse.Namespace, run):
     """Samples of `run` as the sampling flags ask: (uint8 images, labels)."""
     import jax
 
-    from diffusion_jax import generate
+    from diffusion_jax.sampling import generate
 
     cond_fn = None
     if args.classifier_workdir:
-        from diffusion_jax import classifier_train
         from diffusion_jax.models.classifier import (
             make_classifier_apply_fn,
             make_classifier_cond_fn,
         )
+        from diffusion_jax.training import classifier as classifier_train
 
         module, params = classifier_train.load_classifier(
             args.classifier_workdir, diffusion_config=run.config.diffusion
@@ -261,7 +261,8 @@ def _sample(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     start_distributed(args)
 
-    from diffusion_jax import generate, parallel
+    from diffusion_jax import parallel
+    from diffusion_jax.sampling import generate
 
     run = generate.load_run(args.workdir, use_ema=not args.no_ema)
     run = _with_var_type(args, run)
@@ -315,8 +316,8 @@ def _ref_stats(argv: list[str]) -> int:
     parser.add_argument("--out", required=True, help="output .npz")
     _add_feature_flags(parser)
     args = parser.parse_args(argv)
-    from diffusion_jax import evaluate
-    from diffusion_jax.config import base_config
+    from diffusion_jax.configs.base import base_config
+    from diffusion_jax.evaluation import evaluate
 
     if args.config:
         data_config = _load_config_file(args.config).data
@@ -370,7 +371,9 @@ def _evaluate(argv: list[str]) -> int:
     start_distributed(args)
     import json
 
-    from diffusion_jax import evaluate, generate, parallel
+    from diffusion_jax import parallel
+    from diffusion_jax.evaluation import evaluate
+    from diffusion_jax.sampling import generate
 
     main = parallel.is_main_process()
 
@@ -445,7 +448,7 @@ def _evaluate(argv: list[str]) -> int:
 def _train_classifier(argv: list[str]) -> int:
     start_distributed(distributed_flags(argv)[0])
     config, workdir = parse_train_flags(argv)
-    from diffusion_jax import classifier_train
+    from diffusion_jax.training import classifier as classifier_train
 
     classifier_train.train_classifier(config, workdir)
     return 0
@@ -461,7 +464,7 @@ def _prepare_data(argv: list[str]) -> int:
         "--manual_dir", default="", help="where manually downloaded files are (celeb_a_hq)"
     )
     args = parser.parse_args(argv)
-    from diffusion_jax import data
+    from diffusion_jax.data import pipeline as data
 
     path = data.prepare_data(args.name, data_dir=args.data_dir, manual_dir=args.manual_dir)
     print(f"Prepared {args.name} in {path}")
@@ -498,7 +501,7 @@ def _fetch_inception(argv: list[str]) -> int:
 
 
 def _import_weights(argv: list[str]) -> int:
-    from diffusion_jax import pretrained
+    from diffusion_jax.pretrained import diffusers as pretrained
 
     return pretrained.import_weights_main(argv)
 
@@ -538,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get(perf.CACHE_ENV):
         perf.enable_compilation_cache()
     from diffusion_jax.checkpoint import CheckpointError
-    from diffusion_jax.data_sources import (
+    from diffusion_jax.data.sources import (
         DataPreparationError,
         DatasetNotFoundError,
         ImageDecodeError,
@@ -547,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
         InceptionWeightsError,
         InceptionWeightsNotFoundError,
     )
-    from diffusion_jax.loop import NonFiniteError
+    from diffusion_jax.training.loop import NonFiniteError
 
     try:
         return handlers[command](rest)

@@ -26,11 +26,15 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from diffusion_jax import checkpoint, images, parallel, sampling, schedules, train
-from diffusion_jax.diffusion import learns_variance
+from diffusion_jax import checkpoint, parallel
+from diffusion_jax.core import schedules
+from diffusion_jax.core.diffusion import learns_variance
+from diffusion_jax.data import images
 from diffusion_jax.models import make_apply_fn
 from diffusion_jax.models.factory import create_model
-from diffusion_jax.train_state import make_optimizer
+from diffusion_jax.sampling import samplers as sampling
+from diffusion_jax.training import train
+from diffusion_jax.training.state import make_optimizer
 
 SPACINGS = {"uniform": "{n}", "ddim": "ddim{n}", "quad": "ddimq{n}"}
 
@@ -63,7 +67,7 @@ def load_run(workdir: str | Path, *, step: int | None = None, use_ema: bool = Tr
                 f"`diffusion-jax train --config ... --workdir {workdir}`."
             )
         config = ml_collections.ConfigDict(ckpt.restore_config(step))
-        from diffusion_jax import data
+        from diffusion_jax.data import pipeline as data
 
         shape = tuple(data.example_shape(config.data))
         model = create_model(config, shape)

@@ -1,6 +1,6 @@
 """The experiment configuration: one `ml_collections.ConfigDict` with every key a run reads.
 
-    from diffusion_jax.config import base_config
+    from diffusion_jax.configs.base import base_config
     def get_config():                      # experiments/configs/<name>.py
         config = base_config()
         config.data.dataset = "cifar10"
@@ -25,7 +25,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     config.data = ml_collections.ConfigDict(
         dict(
-            dataset="digits",  # see diffusion_jax.data.DATASETS
+            dataset="digits",  # see diffusion_jax.data.pipeline.DATASETS
             data_dir="",  # TFDS data_dir; "" = TFDS's default (~/tensorflow_datasets)
             folder="",  # the image folder when dataset == "folder"
             image_size=0,  # resize (and centre-crop) to this size; 0 = the dataset's own size
@@ -104,7 +104,7 @@ def base_config() -> ml_collections.ConfigDict:
         )
     )
 
-    # What training evaluates every training.eval_every steps (diffusion_jax.evaluate).
+    # What training evaluates every training.eval_every steps (diffusion_jax.evaluation.evaluate).
     config.eval = ml_collections.ConfigDict(
         dict(
             bpd_examples=0,  # the bound in bits/dim on this many held-out examples; 0: off

@@ -1,6 +1,6 @@
 """Training: the pure, data-parallel train step and the loop around it.
 
-    from diffusion_jax import train
+    from diffusion_jax.training import train
     train.train(config, "runs/cifar10")         # resumes from runs/cifar10/checkpoints if present
 
     step_fn = train.make_train_step(apply_fn, tx, lr_fn, schedule, config, num_classes=0)
@@ -25,12 +25,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from diffusion_jax import checkpoint, data, images, loop, losses, parallel, sampling, schedules
-from diffusion_jax import timestep_sampling as ts
-from diffusion_jax.loop import NonFiniteError  # noqa: F401 (part of this module's API)
+from diffusion_jax import checkpoint, parallel
+from diffusion_jax.core import losses, schedules
+from diffusion_jax.core import timestep_sampling as ts
+from diffusion_jax.data import images
+from diffusion_jax.data import pipeline as data
 from diffusion_jax.models import make_apply_fn
 from diffusion_jax.models.factory import create_model
-from diffusion_jax.train_state import (
+from diffusion_jax.sampling import samplers as sampling
+from diffusion_jax.training import loop
+from diffusion_jax.training.loop import NonFiniteError  # noqa: F401 (part of this module's API)
+from diffusion_jax.training.state import (
     TrainState,
     apply_gradients,
     check_on_nonfinite,
@@ -291,7 +296,7 @@ def train(config, workdir: str | Path, *, eval_fn: Callable | None = None) -> Tr
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
     sample_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 10**9)
     if eval_fn is None and tr.eval_every and "eval" in config:
-        from diffusion_jax.evaluate import make_train_eval_fn
+        from diffusion_jax.evaluation.evaluate import make_train_eval_fn
 
         eval_fn = make_train_eval_fn(config, apply_fn, workdir)
 
