@@ -3,14 +3,11 @@
     with checkpoint.Checkpointer(workdir, save_every=10_000, keep=3, keep_every=100_000) as ckpt:
         if ckpt.latest_step() is not None:
             state, saved = ckpt.restore(abstract_state, data_iter)   # abstract: ShapeDtypeStructs
-            if diffs := checkpoint.config_mismatch(saved, config):   #   with .sharding set
-                raise checkpoint.CheckpointError("; ".join(diffs))
-        with checkpoint.PreemptionGuard() as guard:
-            for step in ...:
-                state = train_step(state, next(data_iter))
-                ckpt.save(step, state, config, data_iter, force=guard.requested)
-                if guard.requested:
-                    break
+        for step in ...:                                             #   with .sharding set
+            state = train_step(state, next(data_iter))
+            ckpt.save(step, state, config, data_iter)
+    # inference reads only what it needs, e.g. {"step": ..., "ema_params": ...}:
+    state, _ = Checkpointer(workdir, read_only=True).restore(subtree, partial=True)
 
 Checkpoints live in `workdir/checkpoints/<step>/{state,config,data}`. A step is saved when it is a
 multiple of `save_every` (or with `force=True`, or at a multi-host preemption sync point); the
@@ -22,8 +19,8 @@ Guarantees worth knowing:
 - `save` refuses a state with a NaN or Inf anywhere (it raises and writes nothing), so a diverged
   run never buries its last good checkpoint.
 - `restore` reshards onto whatever shardings `abstract_state` carries, so a run saved on 8 devices
-  resumes on 1 or 4. Its tree is checked against the saved one first, and a checkpoint of a
-  different model is reported by leaf path and shape.
+  resumes on 1 or 4; with `partial=True` it reads only the leaves `abstract_state` names. The
+  tree is checked first: a checkpoint of a different model is reported by leaf path and shape.
 - A save killed midway leaves `<step>.orbax-checkpoint-tmp*`, which orbax never lists and which
   is deleted when the next Checkpointer opens the directory. A step directory without orbax's step
   metadata (a partial copy) is renamed to `<step>.incomplete` so that it is neither resumed from
@@ -36,9 +33,6 @@ import json
 import logging
 import os
 import re
-import signal
-import threading
-from collections.abc import Iterable, Mapping
 from typing import Any
 
 import grain.checkpoint as grain_checkpoint
@@ -58,13 +52,6 @@ _STEP_MARKERS = ("_CHECKPOINT_METADATA", "commit_success.txt")
 
 # grain's file of one process's iterator position.
 _DATA_FILE = re.compile(r"process_\d+-of-(\d+)\.json")
-
-# Keys of model.* / diffusion.* that may change between a run and its resumption: they do not
-# change the parameters' shapes or what the network predicts.
-RESUMABLE_KEYS = frozenset(
-    {"model.dropout", "model.dtype", "diffusion.loss_type", "diffusion.timestep_sampler",
-     "diffusion.class_drop_prob"}
-)  # fmt: skip
 
 
 class CheckpointError(RuntimeError):
@@ -207,19 +194,27 @@ class Checkpointer:
         return self._read(step, {"config": ocp.args.JsonRestore()})["config"]
 
     def restore(
-        self, abstract_state: Any, data_iterator: Any = None, step: int | None = None
+        self,
+        abstract_state: Any,
+        data_iterator: Any = None,
+        step: int | None = None,
+        *,
+        partial: bool = False,
     ) -> tuple[Any, dict]:
         """Restores `step` (default: the latest) as (state, config dict).
 
         `abstract_state` is the state's tree of `jax.ShapeDtypeStruct`s (`jax.eval_shape` of the
         init function) whose `.sharding` says where each array goes; leaves without one are
         replicated over all devices. Arrays are cast to its dtypes. If `data_iterator` is given,
-        its position is set in place to the saved one.
+        its position is set in place to the saved one. With `partial`, `abstract_state` may be
+        a sub-tree of the saved state (e.g. {"step", "ema_params"}): only those leaves are read.
         """
         self.wait()  # a step still being written asynchronously cannot be read yet
         step = self._resolve_step(step)
-        self._check_tree(step, abstract_state)
+        self._check_tree(step, abstract_state, partial=partial)
         target = jax.tree.map(_with_sharding, abstract_state)
+        if partial:
+            return self._read_partial(step, target), self.restore_config(step)
         items = {"state": ocp.args.StandardRestore(target), "config": ocp.args.JsonRestore()}
         if data_iterator is not None:
             if not (self._step_dir(step) / "data").exists():
@@ -268,6 +263,15 @@ class Checkpointer:
             f"directory or {hint}."
         )
 
+    def _read_partial(self, step: int, target: Any) -> Any:
+        restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+        args = ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True)
+        try:
+            with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as reader:
+                return reader.restore(self._step_dir(step) / "state", args=args)
+        except Exception as e:
+            raise CheckpointError(self._unreadable(step, e)) from e
+
     def _check_data_processes(self, step: int) -> None:
         """grain saves one position per process (process_<i>-of-<n>.json): a run of another
         process count finds no file of its own, which is said plainly here."""
@@ -283,7 +287,7 @@ class Checkpointer:
                 "(restore with data_iterator=None) in a fresh workdir."
             )
 
-    def _check_tree(self, step: int, abstract_state: Any) -> None:
+    def _check_tree(self, step: int, abstract_state: Any, *, partial: bool = False) -> None:
         """Compares leaf paths and shapes with the saved tree, before orbax sees them."""
         try:
             saved = self._manager.item_metadata(step)["state"]
@@ -299,7 +303,8 @@ class Checkpointer:
             if path in saved and saved[path] != shape
         ]
         diffs += [f"{path}: not in the checkpoint" for path in expected if path not in saved]
-        diffs += [f"{path}: in the checkpoint only" for path in saved if path not in expected]
+        if not partial:
+            diffs += [f"{path}: in the checkpoint only" for path in saved if path not in expected]
         if diffs:
             shown = "; ".join(diffs[:6]) + (
                 f"; and {len(diffs) - 6} more" if len(diffs) > 6 else ""
@@ -309,81 +314,6 @@ class Checkpointer:
                 "fresh --workdir, or the config that run was trained with (saved in "
                 f"{self._step_dir(step) / 'config'})."
             )
-
-
-def config_mismatch(
-    saved_config: Mapping, config: Any, *, ignore: Iterable[str] = RESUMABLE_KEYS
-) -> list[str]:
-    """The model.* and diffusion.* keys whose values differ, as readable lines.
-
-    `saved_config` is the dict `restore` returns; `config` the run's ConfigDict (or dict). Keys
-    in `ignore` (by default dropout, compute dtype and the loss / timestep-sampling choices) may
-    change on resumption. An empty list means the checkpoint is of the same model.
-    """
-    current = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-    current = json.loads(json.dumps(current))  # tuples -> lists, as in the saved JSON
-    ignore = set(ignore)
-    lines = []
-    for section in ("model", "diffusion"):
-        old = _flatten(saved_config.get(section, {}), section)
-        new = _flatten(current.get(section, {}), section)
-        for key in sorted(old.keys() | new.keys()):
-            if key not in ignore and old.get(key, _ABSENT) != new.get(key, _ABSENT):
-                lines.append(
-                    f"{key}: checkpoint {old.get(key, _ABSENT)!r}, config {new.get(key, _ABSENT)!r}"
-                )
-    return lines
-
-
-class PreemptionGuard:
-    """Turns SIGTERM into a flag: `guard.requested` becomes True and the process lives on.
-
-        with PreemptionGuard() as guard:
-            for step in ...:
-                ...
-                if guard.should_stop(step):
-                    ckpt.save(step, state, config, it, force=True)
-                    break
-
-    The previous handlers are restored on exit. Signal handlers can only be installed from the
-    main thread; elsewhere the guard logs a warning and never fires. With several JAX processes,
-    `should_stop(step)` asks JAX's preemption service instead (all processes must call it at the
-    same steps, and then agree on the step to stop at; needs `jax.distributed.initialize()`);
-    the service handles SIGTERM itself, so no handler is installed then.
-    """
-
-    def __init__(self, signals: Iterable[int] = (signal.SIGTERM,)):
-        self.signals = tuple(signals)
-        self.requested = False
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum, frame) -> None:
-        del frame
-        self.requested = True
-        log.warning("Received %s: will save a checkpoint and stop.", signal.Signals(signum).name)
-
-    def should_stop(self, step: int) -> bool:
-        if jax.process_count() > 1:
-            try:
-                self.requested |= multihost_utils.reached_preemption_sync_point(int(step))
-            except RuntimeError:  # the preemption service is not running
-                pass
-        return self.requested
-
-    def __enter__(self) -> PreemptionGuard:
-        if jax.process_count() > 1:
-            return self
-        if threading.current_thread() is not threading.main_thread():
-            log.warning("PreemptionGuard outside the main thread: SIGTERM is not intercepted.")
-            return self
-        for sig in self.signals:
-            self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -408,24 +338,6 @@ def _whole_array_writes_on_cpu() -> None:
     except (ImportError, AttributeError, TypeError):  # another orbax: keep its defaults
         return
     ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
-
-
-class _Absent:
-    def __repr__(self) -> str:
-        return "(absent)"
-
-
-_ABSENT = _Absent()
-
-
-def _flatten(tree: Mapping, prefix: str) -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            out.update(_flatten(value, f"{prefix}.{key}"))
-        else:
-            out[f"{prefix}.{key}"] = value
-    return out
 
 
 def _key_name(key) -> str:

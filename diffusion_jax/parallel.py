@@ -98,16 +98,10 @@ def maybe_initialize_distributed(
     detectable = (
         force or (_env_int("SLURM_NTASKS") or 1) > 1 or "TPU_WORKER_HOSTNAMES" in os.environ
     )
-    if explicit and None in (coordinator_address, num_processes, process_id) and not detectable:
-        missing = [
-            flag
-            for flag, v in (
-                ("--coordinator_address", coordinator_address),
-                ("--num_processes", num_processes),
-                ("--process_id", process_id),
-            )
-            if v is None
-        ]
+    given = {"--coordinator_address": coordinator_address, "--num_processes": num_processes,
+             "--process_id": process_id}  # fmt: skip
+    missing = [flag for flag, value in given.items() if value is None]
+    if explicit and missing and not detectable:
         raise ValueError(
             f"A multi-process run needs --coordinator_address, --num_processes and --process_id "
             f"(or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID); missing "
@@ -121,13 +115,8 @@ def maybe_initialize_distributed(
         initialization_timeout=int(initialization_timeout),
         heartbeat_timeout_seconds=int(heartbeat_timeout),
     )
-    log.info(
-        "JAX distributed: process %d of %d, %d local devices of %d",
-        jax.process_index(),
-        jax.process_count(),
-        jax.local_device_count(),
-        jax.device_count(),
-    )
+    log.info("JAX distributed: process %d of %d, %d local devices of %d", jax.process_index(),
+             jax.process_count(), jax.local_device_count(), jax.device_count())  # fmt: skip
     return True
 
 

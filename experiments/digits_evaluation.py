@@ -1,7 +1,7 @@
 """Sample quality and likelihood of the digits model, measured as the papers measure CIFAR-10.
 
-    diffusion-jax train --config experiments/configs/digits.py --workdir runs/digits
-    diffusion-jax train-classifier --config experiments/configs/digits_features.py \\
+    diffusion-jax train --config digits --workdir runs/digits
+    diffusion-jax train-classifier --config digits_features \\
         --workdir runs/digits_features
     python experiments/digits_evaluation.py          # -> experiments/results/digits_evaluation.json
 
@@ -10,7 +10,7 @@ network's 128-d pooled features and 10 logits (Inception knows nothing of 8x8 di
 the 185 held-out digits. Rows: the 1,612 training digits themselves (the floor: what a perfect
 model's samples would score), the model's samples by DDIM (50 steps) and by the full 1000-step
 ancestral sampler, and Gaussian noise (the ceiling). Then the bound in bits/dim over the held-out
-split (`evaluate.dataset_bpd`, all 1000 steps). Each sample set has 1,000 images.
+split (`bpd.dataset_bpd`, all 1000 steps). Each sample set has 1,000 images.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from diffusion_jax.evaluation import evaluate, features
-from diffusion_jax.sampling import generate
+from diffusion_jax.evaluation import bpd, evaluate, features
+from diffusion_jax.sampling import generate, runs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,7 +37,7 @@ def main() -> None:
     args = parser.parse_args()
 
     extractor = features.get_extractor("classifier", workdir=args.feature_workdir)
-    run = generate.load_run(args.workdir)
+    run = runs.load_run(args.workdir)
     ref = evaluate.reference_statistics(extractor, data_config=run.config.data, split="test")
     # 185 reference images: KID subsets use all of them.
     kw = dict(kid_subset_size=ref.num_images)
@@ -65,7 +65,7 @@ def main() -> None:
     score("uniform noise (ceiling)", noise)
 
     start = time.perf_counter()
-    results["bpd_test"] = evaluate.dataset_bpd(run, split="test", batch_size=64)
+    results["bpd_test"] = bpd.dataset_bpd(run, split="test", batch_size=64)
     results["bpd_test"]["seconds"] = round(time.perf_counter() - start, 1)
     print("bpd", json.dumps(results["bpd_test"]))
     results["model_step"] = run.step

@@ -11,25 +11,29 @@ Both go to experiments/results/digits_progressive.png and digits_interpolation.p
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax.configs.base import base_config
+from diffusion_jax.configs import base_config
 from diffusion_jax.data import images
 from diffusion_jax.data import pipeline as data
-from diffusion_jax.sampling import generate
+from diffusion_jax.sampling import generate, runs
 from diffusion_jax.sampling import samplers as sampling
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def main() -> None:
-    run = generate.load_run("runs/digits_cond")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", default="runs/digits_cond", help="the class-conditional run")
+    args = parser.parse_args()
+    run = runs.load_run(args.workdir)
     d = run.config.diffusion
-    kw = dict(mean_type=d.mean_type, var_type=d.var_type)
+    kw = dict(denoiser=sampling.Denoiser(mean_type=d.mean_type, var_type=d.var_type))
     y = jnp.arange(10, dtype=jnp.int32)
     full = generate.sampling_schedule(run.config)
     _, snaps = sampling.progressive_x0(

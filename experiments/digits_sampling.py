@@ -1,9 +1,9 @@
 """Guidance and sampler study on the bundled digits: how often samples show the requested class,
 and what fewer DDIM steps cost in quality and save in time.
 
-    diffusion-jax train --config experiments/configs/digits_cond.py --workdir runs/digits_cond
-    diffusion-jax train --config experiments/configs/digits.py --workdir runs/digits
-    diffusion-jax train-classifier --config experiments/configs/digits_classifier.py \\
+    diffusion-jax train --config digits_cond --workdir runs/digits_cond
+    diffusion-jax train --config digits --workdir runs/digits
+    diffusion-jax train-classifier --config digits_classifier \\
         --workdir runs/digits_classifier
     python experiments/digits_sampling.py --num 500
 
@@ -28,13 +28,12 @@ import jax
 import numpy as np
 from sklearn.svm import SVC
 
-from diffusion_jax.configs.base import base_config
+from diffusion_jax.configs import base_config
 from diffusion_jax.data import images
 from diffusion_jax.data import pipeline as data
 from diffusion_jax.evaluation import two_sample
 from diffusion_jax.models.classifier import make_classifier_apply_fn, make_classifier_cond_fn
-from diffusion_jax.sampling import generate
-from diffusion_jax.training.classifier import load_classifier
+from diffusion_jax.sampling import generate, runs
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -55,6 +54,23 @@ def to_sklearn(x_uint8: np.ndarray) -> np.ndarray:
     return x_uint8.reshape(len(x_uint8), -1).astype(np.float64) * (16.0 / 255.0)
 
 
+def new_report(num: int, svm: SVC, train_x, test_x, test_y) -> dict:
+    """The report's header: the machine, and the baselines of the two measures (the evaluation
+    classifier's held-out accuracy, the MMD^2 of held-out against training digits)."""
+    return {
+        "machine": f"{platform.machine()} CPU x{jax.device_count()}, jax {jax.__version__}",
+        "num_samples": num,
+        "evaluation_classifier": "sklearn SVC(gamma=0.001) on the 1,612 training digits",
+        "evaluation_classifier_test_accuracy": float(
+            np.mean(svm.predict(to_sklearn(test_x)) == test_y)
+        ),
+        "mmd2_test_vs_train": two_sample.mmd_permutation_test(
+            to_sklearn(test_x), to_sklearn(train_x[:500]), num_permutations=1
+        )[0],
+        "rows": [],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--num", type=int, default=500)
@@ -67,18 +83,7 @@ def main() -> None:
     train_x, train_y = digits_split("train")
     test_x, test_y = digits_split("test")
     svm = SVC(gamma=0.001).fit(to_sklearn(train_x), train_y)
-    report = {
-        "machine": f"{platform.machine()} CPU x{jax.device_count()}, jax {jax.__version__}",
-        "num_samples": args.num,
-        "evaluation_classifier": "sklearn SVC(gamma=0.001) on the 1,612 training digits",
-        "evaluation_classifier_test_accuracy": float(
-            np.mean(svm.predict(to_sklearn(test_x)) == test_y)
-        ),
-        "mmd2_test_vs_train": two_sample.mmd_permutation_test(
-            to_sklearn(test_x), to_sklearn(train_x[:500]), num_permutations=1
-        )[0],
-        "rows": [],
-    }
+    report = new_report(args.num, svm, train_x, test_x, test_y)
 
     def measure(name, run, **kw):
         start = time.perf_counter()
@@ -96,13 +101,13 @@ def main() -> None:
         report["rows"].append(row)
         print(json.dumps(row), flush=True)
 
-    cond = generate.load_run(args.cond_workdir)
+    cond = runs.load_run(args.cond_workdir)
     ddim50 = dict(sampler="ddim", steps=50, eta=0.0)
     for w in (0.0, 1.0, 3.0):
         measure(f"cfg_w{w:g}_ddim50", cond, cfg_scale=w, **ddim50)
 
-    uncond = generate.load_run(args.uncond_workdir)
-    module, params = load_classifier(
+    uncond = runs.load_run(args.uncond_workdir)
+    module, params = runs.load_classifier(
         args.classifier_workdir, diffusion_config=uncond.config.diffusion
     )
     cond_fn = make_classifier_cond_fn(make_classifier_apply_fn(module), params)

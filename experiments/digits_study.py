@@ -1,10 +1,10 @@
 """The CPU-scale study: the DDPM paper's questions asked of the bundled digits, end to end on two
 CPU cores.
 
-    diffusion-jax train --config experiments/configs/digits.py --workdir runs/digits
-    diffusion-jax train --config experiments/configs/digits_hybrid.py --workdir runs/digits_hybrid
-    diffusion-jax train --config experiments/configs/digits_cond.py --workdir runs/digits_cond
-    diffusion-jax train-classifier --config experiments/configs/digits_features.py \\
+    diffusion-jax train --config digits --workdir runs/digits
+    diffusion-jax train --config digits_hybrid --workdir runs/digits_hybrid
+    diffusion-jax train --config digits_cond --workdir runs/digits_cond
+    diffusion-jax train-classifier --config digits_features \\
         --workdir runs/digits_features
     python experiments/digits_study.py     # -> experiments/results/digits_study.{json,md,png}
 
@@ -12,9 +12,9 @@ Every score is against the 185 held-out digits, with the digits feature network'
 and 10 logits in place of Inception's (see experiments/digits_evaluation.py), on --num samples
 per row (default 500):
 
-1. the objective: L_simple with fixed variances (digits.py) against the hybrid loss with learned
-   variances (digits_hybrid.py): FID, KID, precision/recall of samples and bits/dim of the
-   held-out digits (all 1,000 steps of the bound);
+1. the objective: L_simple with fixed variances (preset digits) against the hybrid loss with
+   learned variances (preset digits_hybrid): FID, KID, precision/recall of samples and bits/dim
+   of the held-out digits (all 1,000 steps of the bound);
 2. samplers: ancestral against DDIM (eta 0) at 10 ... 1,000 steps, FID and time;
 3. classifier-free guidance: the weight w against FID and the share of samples the feature
    network assigns to the requested class (the trade-off curve).
@@ -33,8 +33,8 @@ from pathlib import Path
 
 import jax
 
-from diffusion_jax.evaluation import evaluate, features
-from diffusion_jax.sampling import generate
+from diffusion_jax.evaluation import bpd, evaluate, features
+from diffusion_jax.sampling import generate, runs
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results"
@@ -54,6 +54,55 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def new_report(num: int, ref, extractor) -> dict:
+    """The report's header (machine, sample count, reference and features) and empty sections."""
+    return {
+        "machine": f"{platform.machine()}, {jax.device_count()} CPU device(s), "
+        f"{len(os.sched_getaffinity(0))} cores, jax {jax.__version__}",
+        "num_samples": num,
+        "reference": ref.source,
+        "features": extractor.name,
+        "objective": [],
+        "samplers": [],
+        "guidance": [],
+    }
+
+
+def study_objective(report: dict, score, models: dict, *, with_bpd: bool) -> None:
+    """Section 1, the objective: each model (name -> run) sampled ancestrally with 1000 and 50
+    steps and with DDIM 50, and (with `with_bpd`) its held-out bits/dim."""
+    for name, run in models.items():
+        for sampler, steps in (("ancestral", 1000), ("ancestral", 50), ("ddim", 50)):
+            row = {"objective": name, "sampler": sampler, "steps": steps, "step": run.step}
+            row.update(score(run, sampler=sampler, steps=0 if steps == 1000 else steps))
+            report["objective"].append(row)
+            print(json.dumps(row), flush=True)
+        if with_bpd:
+            t0 = time.perf_counter()
+            bpd_row = bpd.dataset_bpd(run, split="test", batch_size=64)
+            bpd_row = {k: float(f"{v:.4g}") if isinstance(v, float) else v
+                       for k, v in bpd_row.items()}  # fmt: skip
+            row = {"objective": name, "bpd_test": bpd_row}
+            row["seconds"] = round(time.perf_counter() - t0)
+            report["objective"].append(row)
+            print(json.dumps(row), flush=True)
+
+
+def study_samplers(report: dict, score, simple, step_counts: list[int]) -> None:
+    """Section 2, the samplers at several step counts (the L_simple model), reusing the rows of
+    section 1 where they were already measured."""
+    for steps in step_counts:
+        for sampler in ("ancestral", "ddim"):
+            done = next((r for r in report["objective"] if r.get("sampler") == sampler
+                         and r.get("steps") == steps and r["objective"].startswith("L_simple")),
+                        None)  # fmt: skip
+            row = {"sampler": sampler, "steps": steps}
+            row.update({k: v for k, v in done.items() if k not in row and k != "objective"}
+                       if done else score(simple, sampler=sampler, steps=steps))  # fmt: skip
+            report["samplers"].append(row)
+            print(json.dumps(row), flush=True)
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.replot:
@@ -61,25 +110,16 @@ def main(argv=None) -> dict:
         Path(args.out).with_suffix(".md").write_text(markdown(report))
         plot(report, Path(args.out))
         return report
-    runs = Path(args.runs)
+    runs_dir = Path(args.runs)
     missing = [n for n in ("digits", "digits_hybrid", "digits_cond", "digits_features")
-               if not (runs / n).is_dir()]  # fmt: skip
+               if not (runs_dir / n).is_dir()]  # fmt: skip
     if missing:
         raise SystemExit(f"Train these runs first (commands in this file's docstring): {missing}")
     start_all = time.perf_counter()
-    extractor = features.get_extractor("classifier", workdir=str(runs / "digits_features"))
-    simple = generate.load_run(runs / "digits")
+    extractor = features.get_extractor("classifier", workdir=str(runs_dir / "digits_features"))
+    simple = runs.load_run(runs_dir / "digits")
     ref = evaluate.reference_statistics(extractor, data_config=simple.config.data, split="test")
-    report: dict = {
-        "machine": f"{platform.machine()}, {jax.device_count()} CPU device(s), "
-        f"{len(os.sched_getaffinity(0))} cores, jax {jax.__version__}",
-        "num_samples": args.num,
-        "reference": ref.source,
-        "features": extractor.name,
-        "objective": [],
-        "samplers": [],
-        "guidance": [],
-    }
+    report = new_report(args.num, ref, extractor)
 
     def score(run, labels_wanted=False, **kw) -> dict:
         t0 = time.perf_counter()
@@ -94,35 +134,14 @@ def main(argv=None) -> dict:
         return row
 
     # 1. The objective.
-    hybrid = generate.load_run(runs / "digits_hybrid")
-    for name, run in (("L_simple, fixed variance", simple), ("hybrid, learned variance", hybrid)):
-        for sampler, steps in (("ancestral", 1000), ("ancestral", 50), ("ddim", 50)):
-            row = {"objective": name, "sampler": sampler, "steps": steps, "step": run.step}
-            row.update(score(run, sampler=sampler, steps=0 if steps == 1000 else steps))
-            report["objective"].append(row)
-            print(json.dumps(row), flush=True)
-        if not args.skip_bpd:
-            t0 = time.perf_counter()
-            bpd = evaluate.dataset_bpd(run, split="test", batch_size=64)
-            bpd = {k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in bpd.items()}
-            row = {"objective": name, "bpd_test": bpd, "seconds": round(time.perf_counter() - t0)}
-            report["objective"].append(row)
-            print(json.dumps(row), flush=True)
-
+    hybrid = runs.load_run(runs_dir / "digits_hybrid")
+    models = {"L_simple, fixed variance": simple, "hybrid, learned variance": hybrid}
+    study_objective(report, score, models, with_bpd=not args.skip_bpd)
     # 2. Samplers at several step counts (the L_simple model).
-    for steps in map(int, args.steps.split(",")):
-        for sampler in ("ancestral", "ddim"):
-            done = next((r for r in report["objective"] if r.get("sampler") == sampler
-                         and r.get("steps") == steps and r["objective"].startswith("L_simple")),
-                        None)  # fmt: skip
-            row = {"sampler": sampler, "steps": steps}
-            row.update({k: v for k, v in done.items() if k not in row and k != "objective"}
-                       if done else score(simple, sampler=sampler, steps=steps))  # fmt: skip
-            report["samplers"].append(row)
-            print(json.dumps(row), flush=True)
+    study_samplers(report, score, simple, [int(s) for s in args.steps.split(",")])
 
     # 3. Classifier-free guidance on the class-conditional model, DDIM 50 steps.
-    cond = generate.load_run(runs / "digits_cond")
+    cond = runs.load_run(runs_dir / "digits_cond")
     for w in map(float, args.cfg_weights.split(",")):
         row = {"cfg_weight": w, "sampler": "ddim", "steps": 50}
         row.update(score(cond, labels_wanted=True, sampler="ddim", steps=50, cfg_scale=w))

@@ -7,7 +7,7 @@
 What is computed here, on the CPU (no accelerator is involved):
 - the parameter counts of the CIFAR-10 and 256x256 networks (`jax.eval_shape`, no compilation);
 - the FLOPs of one training image: XLA's cost analysis of the whole jitted train step
-  (`train.make_train_step`: forward, backward, Adam and the EMA) at batch 1 and 2, per image
+  (`step.make_train_step`: forward, backward, Adam and the EMA) at batch 1 and 2, per image
   being the difference, so that the optimizer's per-step cost drops out; of the lowered HLO, and
   with --compiled also of the compiled (optimised) one;
 - the bytes every chip sends per step: data parallelism all-reduces the float32 gradient
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import math
 import os
 import sys
@@ -41,12 +40,9 @@ sys.path.insert(0, str(ROOT))
 
 import jax  # noqa: E402
 
-from diffusion_jax import parallel  # noqa: E402
-from diffusion_jax.core import schedules  # noqa: E402
-from diffusion_jax.models import make_apply_fn  # noqa: E402
-from diffusion_jax.models.factory import create_model  # noqa: E402
-from diffusion_jax.training import train  # noqa: E402
-from diffusion_jax.training.state import make_optimizer  # noqa: E402
+from diffusion_jax import configs, parallel, setup  # noqa: E402
+from diffusion_jax.training.state import init_state  # noqa: E402
+from diffusion_jax.training.step import compile_train_step, make_train_step  # noqa: E402
 
 CHIPS = (8, 64, 256)
 MFU = 0.40  # assumed share of peak FLOP/s that the U-Net step reaches (not measured here)
@@ -93,24 +89,13 @@ SYSTEMS = (
 )
 
 
-def _config(name: str):
-    path = ROOT / "experiments" / "configs" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"_config_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
-
-
 def step_cost(config, shape, batch: int, *, compiled: bool) -> dict:
     """XLA's cost analysis of the jitted train step at `batch` on one CPU device: "flops" of the
     lowered HLO, and "compiled_flops" of the compiled one when `compiled`."""
     mesh = parallel.make_mesh(devices=jax.devices()[:1])
-    model = create_model(config, shape)
-    tx, lr_fn = make_optimizer(config.optim)
-    d = config.diffusion
-    sched = schedules.make_schedule(d.beta_schedule, d.num_timesteps)
-    abstract, _ = train.init_train_state(config, model, tx, shape, mesh)
-    step = jax.jit(train.make_train_step(make_apply_fn(model), tx, lr_fn, sched, config))
+    parts = setup.diffusion_parts(config, shape)
+    abstract, _ = init_state(parts, mesh)
+    step = jax.jit(make_train_step(parts))
     batch_spec = {"image": jax.ShapeDtypeStruct((batch, *shape), jax.numpy.float32)}
     lowered = step.lower(abstract, batch_spec)
     params = sum(math.prod(a.shape) for a in jax.tree_util.tree_leaves(abstract.params))
@@ -159,14 +144,10 @@ def compiled_memory(config, shape, fsdp: int, batch: int) -> dict:
     """XLA's per-device memory analysis of the train step compiled for 8 CPU devices on a
     ('data', 'fsdp') mesh, as `train.train` compiles it (state donated)."""
     mesh = parallel.make_mesh(fsdp)
-    model = create_model(config, shape)
-    tx, lr_fn = make_optimizer(config.optim)
-    d = config.diffusion
-    sched = schedules.make_schedule(d.beta_schedule, d.num_timesteps)
-    abstract, _ = train.init_train_state(config, model, tx, shape, mesh)
+    parts = setup.diffusion_parts(config, shape)
+    abstract, _ = init_state(parts, mesh)
     shardings = jax.tree_util.tree_map(lambda a: a.sharding, abstract)
-    step_fn = train.make_train_step(make_apply_fn(model), tx, lr_fn, sched, config)
-    step = train.compile_train_step(step_fn, mesh, shardings)
+    step = compile_train_step(make_train_step(parts), mesh, shardings)
     batch_spec = {
         "image": jax.ShapeDtypeStruct(
             (batch, *shape), jax.numpy.float32, sharding=parallel.batch_sharding(mesh)
@@ -209,7 +190,7 @@ def build_report(compiled: bool, memory: bool = False) -> str:
     ]
     rows = []
     for label, name, shape, ddpm_batch in models:
-        config = _config(name)
+        config = configs.get_config(name)
         one = step_cost(config, shape, 1, compiled=compiled)
         two = step_cost(config, shape, 2, compiled=compiled)
         per_image = two["flops"] - one["flops"]
@@ -319,7 +300,7 @@ def build_report(compiled: bool, memory: bool = False) -> str:
         ]
         for label, name, shape, _ in models:
             for fsdp in (1, 8):
-                m = compiled_memory(_config(name), shape, fsdp, 8)
+                m = compiled_memory(configs.get_config(name), shape, fsdp, 8)
                 lines.append(
                     f"| {label} | {fsdp} | {m['state'] / 2**20:,.1f} | "
                     f"{m['arguments'] / 2**20:,.1f} | {m['temp'] / 2**20:,.1f} | "

@@ -20,8 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_jax.models import UNet, ddpm_unet, make_apply_fn
-from diffusion_jax.pretrained import diffusers as pretrained
+from diffusion_jax.models import UNet, ddpm_unet
+from diffusion_jax.pretrained import diffusers
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(
@@ -163,9 +163,9 @@ def test_peer_layout_is_what_our_importer_reads():
         (UNet(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,)), (8, 8, 1)),
     ):
         config = peer.diffusers_config(ours.model_attributes(unet), shape)
-        kwargs = pretrained.ddpm_unet_kwargs(config)
+        kwargs = diffusers.ddpm_unet_kwargs(config)
         assert UNet(**kwargs).clone(dropout=unet.dropout) == unet.clone(parent=None)
-        assert pretrained.image_shape(config) == shape
+        assert diffusers.image_shape(config) == shape
 
 
 def test_model_options_parse():
@@ -183,17 +183,13 @@ def test_model_options_parse():
 
 def test_k_steps_per_dispatch_equal_k_single_steps():
     """`ours.multi_step` (lax.scan over k batches) reaches the same state as k calls."""
-    from diffusion_jax.core import schedules
-    from diffusion_jax.training import train
-    from diffusion_jax.training.state import create_train_state, make_optimizer
+    from diffusion_jax.training.state import new_state
+    from diffusion_jax.training.step import make_train_step
 
     config, shape = ours.load_model_config("toy2d")
-    model = ours.build_model(config, shape)
-    tx, lr_fn = make_optimizer(config.optim)
-    sched = schedules.make_schedule("linear", 100)
-    step = train.make_train_step(make_apply_fn(model), tx, lr_fn, sched, config)
-    params = model.init(jax.random.key(0), jnp.zeros((1, *shape)), jnp.zeros((1,), jnp.int32))
-    state = create_train_state(params["params"], tx, jax.random.key(1))
+    parts = ours.bench_parts(config, shape)
+    step = make_train_step(parts)
+    state = new_state(parts, parts.init_params(jax.random.key(0)))
     batches = {"image": jax.random.normal(jax.random.key(2), (3, 16, *shape))}
     one = jax.jit(step)
     want = state

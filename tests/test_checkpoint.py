@@ -12,9 +12,10 @@ import optax
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceSharding
 
-from diffusion_jax import checkpoint
-from diffusion_jax.checkpoint import Checkpointer, CheckpointError, PreemptionGuard
-from diffusion_jax.configs.base import base_config
+from diffusion_jax.checkpoint import Checkpointer, CheckpointError
+from diffusion_jax.configs import base_config
+from diffusion_jax.training.loop import config_mismatch
+from diffusion_jax.training.preemption import PreemptionGuard
 from diffusion_jax.training.state import create_train_state
 
 
@@ -76,7 +77,7 @@ def test_round_trip_state_config_and_data(tmp_path):
     assert_same(restored, state)
     assert saved_config == json.loads(json.dumps(config.to_dict()))
     assert saved_config["model"]["ch_mult"] == list(config.model.ch_mult)
-    assert checkpoint.config_mismatch(saved_config, config) == []
+    assert config_mismatch(saved_config, config) == []
     for batch in expected_batches:
         np.testing.assert_array_equal(next(fresh), batch)
 
@@ -144,7 +145,7 @@ def test_config_mismatch_lists_model_and_diffusion_keys():
     config.diffusion.num_timesteps = 500
     config.model.dropout = 0.3  # may change on resumption
     config.optim.learning_rate = 1.0  # not a model key
-    assert checkpoint.config_mismatch(saved, config) == [
+    assert config_mismatch(saved, config) == [
         "model.ch: checkpoint 128, config 64",
         "diffusion.num_timesteps: checkpoint 1000, config 500",
     ]

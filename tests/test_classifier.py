@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_jax import checkpoint, cli
+from diffusion_jax import checkpoint, cli, configs
 from diffusion_jax.core import schedules
 from diffusion_jax.models import UNet
 from diffusion_jax.models.classifier import (
@@ -18,10 +18,11 @@ from diffusion_jax.models.classifier import (
     make_classifier_apply_fn,
     make_classifier_cond_fn,
 )
+from diffusion_jax.sampling import runs
 from diffusion_jax.training import classifier as classifier_train
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG = str(ROOT / "experiments" / "configs" / "digits_classifier.py")
+CONFIG = "digits_classifier"
 SMALL = dict(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,))
 
 # The training test: a one-level network (no downsampling) on the cosine schedule with T=100, so
@@ -161,7 +162,7 @@ def test_training_lowers_the_loss_and_beats_chance_on_clean_held_out_digits(trai
     # errors of a 20-step mean (random t makes each step's loss noisy).
     assert np.mean(losses[-2:]) < np.mean(losses[:2]) - 0.05, losses
 
-    module, params = classifier_train.load_classifier(workdir)
+    module, params = runs.load_classifier(workdir)
     d = config.diffusion
     acc = classifier_train.evaluate_classifier(
         make_classifier_apply_fn(module),
@@ -179,7 +180,7 @@ def test_training_lowers_the_loss_and_beats_chance_on_clean_held_out_digits(trai
 def test_load_classifier_round_trips_the_trained_params(trained):
     config, workdir, state = trained
     for ema, expected in ((False, state.params), (True, state.ema_params)):
-        module, params = classifier_train.load_classifier(workdir, ema=ema)
+        module, params = runs.load_classifier(workdir, ema=ema)
         jax.tree.map(np.testing.assert_array_equal, jax.device_get(params), expected)
     assert module.num_classes == 10 and tuple(module.ch_mult) == (1,)
     # EMA (decay 0.9) and raw parameters are different leaves of the checkpoint.
@@ -188,15 +189,13 @@ def test_load_classifier_round_trips_the_trained_params(trained):
     )
 
     with pytest.raises(ValueError, match="another noise schedule"):
-        classifier_train.load_classifier(
-            workdir, diffusion_config=_load_config_file(CONFIG).diffusion
-        )
-    classifier_train.load_classifier(workdir, diffusion_config=config.diffusion)  # same: fine
+        runs.load_classifier(workdir, diffusion_config=configs.get_config(CONFIG).diffusion)
+    runs.load_classifier(workdir, diffusion_config=config.diffusion)  # same: fine
 
 
 def test_load_classifier_names_the_command_when_there_is_no_checkpoint(tmp_path):
     with pytest.raises(checkpoint.CheckpointError, match="train-classifier"):
-        classifier_train.load_classifier(tmp_path)
+        runs.load_classifier(tmp_path)
 
 
 # ----------------------------------------------------------------------------- config and CLI
@@ -204,8 +203,8 @@ def test_load_classifier_names_the_command_when_there_is_no_checkpoint(tmp_path)
 
 def test_digits_classifier_uses_the_digits_models_schedule():
     model, clf = (
-        _load_config_file(ROOT / "experiments/configs/digits.py"),
-        _load_config_file(CONFIG),
+        configs.get_config("digits"),
+        configs.get_config(CONFIG),
     )
     for key in ("beta_schedule", "num_timesteps"):
         assert clf.diffusion[key] == model.diffusion[key], key

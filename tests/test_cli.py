@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from diffusion_jax import cli
+from diffusion_jax import cli, configs
 
 
 def test_help_lists_the_subcommands(capsys):
@@ -27,7 +27,73 @@ def test_module_entry_point_runs_in_a_fresh_process():
     assert proc.stdout.strip().startswith("diffusion_jax ")
 
 
+def test_every_command_has_a_module_with_main():
+    import importlib
+
+    for command in cli.COMMANDS:
+        module = importlib.import_module(f"diffusion_jax.cli.{command.replace('-', '_')}")
+        assert callable(module.main), command
+
+
+def test_info_imports_no_training_code():
+    code = (
+        "import sys; from diffusion_jax import cli; assert cli.main(['info', '--presets']) == 0; "
+        "bad = [m for m in sys.modules if m.startswith(('diffusion_jax.training', "
+        "'diffusion_jax.cli.train'))]; assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+
+
 def test_a_missing_config_file_is_a_usage_error(tmp_path):
     for argv in (["--config", "experiments/configs/nope.py"], ["--config=nope.py"]):
-        with pytest.raises(cli.UsageError, match="no such file"):
+        with pytest.raises(cli.UsageError, match="neither a preset nor a config file"):
             cli.parse_train_flags([*argv, "--workdir", str(tmp_path)])
+
+
+@pytest.mark.parametrize("command", ["train", "train-classifier"])
+def test_train_help_lists_config_presets_and_flags(command, capsys):
+    assert cli.main([command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert f"diffusion-jax {command}" in out
+    for text in ("--config", "digits", "--workdir", "--config.KEY=VALUE", "--num_processes"):
+        assert text in out, text
+
+
+def test_an_unknown_preset_names_the_presets(tmp_path):
+    for argv in (["--config", "nosuchpreset"], ["--config=digitz"]):
+        with pytest.raises(SystemExit) as raised:
+            cli.parse_train_flags([*argv, "--workdir", str(tmp_path)])
+        assert isinstance(raised.value, cli.UsageError)
+        message = str(raised.value.code)
+        assert all(name in message for name in configs.PRESETS), message
+    assert "Did you mean 'digits'" in message
+
+
+def test_a_preset_name_resolves_and_typos_name_the_nearest_key(tmp_path):
+    for argv in (["--config", "digits"], ["--config=digits"]):
+        config, workdir = cli.flags.parse_train_flags([*argv, "--workdir", str(tmp_path)])
+        assert config.data.dataset == "digits" and workdir == str(tmp_path)
+    config, _ = cli.flags.parse_train_flags(
+        ["--config", "digits", "--workdir", str(tmp_path), "--config.training.batch_size=3"]
+    )
+    assert config.training.batch_size == 3
+    with pytest.raises(cli.UsageError, match=r"config\.training\.batch_size\b"):
+        cli.flags.parse_train_flags(
+            ["--config", "digits", "--workdir", str(tmp_path), "--config.training.batch_sizee=3"]
+        )
+
+
+def test_a_config_file_path_still_works(tmp_path):
+    path = str(configs.config_file("tiny"))
+    config, _ = cli.parse_train_flags(["--config", path, "--workdir", str(tmp_path)])
+    assert config.to_dict() == configs.get_config("tiny").to_dict()
+
+
+def test_train_without_workdir_is_a_usage_error():
+    with pytest.raises(cli.UsageError, match="--workdir DIR"):
+        cli.main(["train", "--config", "digits"])
+
+
+def test_ref_stats_rejects_an_unknown_preset():
+    with pytest.raises(cli.UsageError, match="neither a preset"):
+        cli.main(["ref-stats", "--config", "nosuchpreset", "--out", "x.npz"])

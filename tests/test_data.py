@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from diffusion_jax.configs.base import base_config
+from diffusion_jax.configs import base_config
 from diffusion_jax.data import pipeline as data
 from diffusion_jax.data import sources as data_sources
 

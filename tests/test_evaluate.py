@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import types
 from pathlib import Path
@@ -11,18 +12,18 @@ import jax
 import numpy as np
 import pytest
 
-from diffusion_jax import cli
-from diffusion_jax.configs.base import base_config
+from diffusion_jax import cli, configs, setup
+from diffusion_jax.configs import base_config
 from diffusion_jax.core import losses, schedules
-from diffusion_jax.evaluation import evaluate, features
-from diffusion_jax.models import make_apply_fn
-from diffusion_jax.models.factory import create_model
+from diffusion_jax.evaluation import bpd, evaluate, features
 from diffusion_jax.sampling import generate
+from diffusion_jax.sampling.runs import Run
 from diffusion_jax.training import classifier as classifier_train
+from diffusion_jax.training import hooks
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = str(ROOT / "experiments" / "configs" / "tiny.py")
-FEATURES = str(ROOT / "experiments" / "configs" / "digits_features.py")
+TINY = "tiny"
+FEATURES = "digits_features"
 
 
 def _digits(split: str, n: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -37,18 +38,17 @@ def _digits(split: str, n: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def tiny_run():
-    config = cli._load_config_file(TINY)
+    config = configs.get_config(TINY)
     config.diffusion.num_timesteps = 20  # the bound scans all T steps
-    model = create_model(config, (8, 8, 1))
-    x = np.zeros((1, 8, 8, 1), np.float32)
-    params = jax.jit(model.init)(jax.random.key(1), x, np.zeros((1,), np.int32))["params"]
-    return generate.Run(config, make_apply_fn(model), params, (8, 8, 1), 0, True)
+    parts = setup.diffusion_parts(config)
+    params = jax.jit(parts.init_params)(jax.random.key(1))
+    return Run(config, parts.apply_fn, params, (8, 8, 1), 0, True)
 
 
 def test_dataset_bpd_equals_calc_bpd_loop_averaged_over_the_data(tiny_run):
     # Per-example noise keys: batches of 8 (the last one padded) give what one batch of 21 gives.
     n = 21
-    result = evaluate.dataset_bpd(tiny_run, split="test", batch_size=8, max_examples=n, seed=3)
+    result = bpd.dataset_bpd(tiny_run, split="test", batch_size=8, max_examples=n, seed=3)
     assert result["num_examples"] == n
 
     x0 = _digits("test", n)[0].astype(np.float32) / 127.5 - 1.0
@@ -199,13 +199,14 @@ def test_training_eval_hook_logs_bpd_and_sample_metrics(tiny_run, feature_run, t
     config = tiny_run.config.copy_and_resolve_references()
     config.eval.update(bpd_examples=10, num_samples=32, sampler="ddim", steps=2, batch_size=16)
     config.eval.update(features="classifier", feature_workdir=str(feature_run))
-    eval_fn = evaluate.make_train_eval_fn(config, tiny_run.apply_fn, tmp_path)
+    parts = dataclasses.replace(setup.diffusion_parts(config), apply_fn=tiny_run.apply_fn)
+    eval_fn = hooks.make_eval_fn(parts, tmp_path)
     state = types.SimpleNamespace(ema_params=tiny_run.params)
     first = eval_fn(state, 5)
     name = features.get_extractor("classifier", workdir=feature_run).name.replace(":", "_")
     ref_file = tmp_path / "eval" / f"reference_{name}.npz"
     assert ref_file.exists()  # the held-out reference, computed once and cached
-    expected_bpd = evaluate.dataset_bpd(tiny_run, max_examples=10, batch_size=16)["bpd"]
+    expected_bpd = bpd.dataset_bpd(tiny_run, max_examples=10, batch_size=16)["bpd"]
     assert first["bpd"] == pytest.approx(expected_bpd, rel=1e-6)
     assert {"fid", "kid", "precision", "recall", "is"} <= set(first)
     # An untrained denoiser's 2-step samples are far from digits.
@@ -217,4 +218,5 @@ def test_training_eval_hook_logs_bpd_and_sample_metrics(tiny_run, feature_run, t
     assert [e["step"] for e in logged] == [5, 5]
 
     config.eval.update(bpd_examples=0, num_samples=0)
-    assert evaluate.make_train_eval_fn(config, tiny_run.apply_fn, tmp_path) is None
+    parts = dataclasses.replace(parts, config=config)
+    assert hooks.make_eval_fn(parts, tmp_path) is None

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from diffusion_jax import cli
-from diffusion_jax.sampling import generate
+from diffusion_jax.sampling import generate, runs
 from diffusion_jax.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = str(ROOT / "experiments" / "configs" / "tiny.py")
+TINY = "tiny"
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +54,8 @@ def test_sample_command_writes_uint8_npz_labels_and_grid(cond_run):
 
 
 def test_generate_reproduces_a_seed_and_uses_ema_unless_told(cond_run):
-    run = generate.load_run(cond_run)
-    raw = generate.load_run(cond_run, use_ema=False)
+    run = runs.load_run(cond_run)
+    raw = runs.load_run(cond_run, use_ema=False)
     assert run.ema and not raw.ema and run.step == 2
     kw = dict(num=6, sampler="ddim", steps=4, classes=[1], progress=False)
     a, labels = generate.generate(run, seed=3, **kw)
@@ -69,7 +69,7 @@ def test_generate_reproduces_a_seed_and_uses_ema_unless_told(cond_run):
 
 
 def test_bad_requests_are_refused(cond_run):
-    run = generate.load_run(cond_run)
+    run = runs.load_run(cond_run)
     with pytest.raises(ValueError, match=r"\[0, 10\)"):
         generate.generate(run, num=2, classes=[12], progress=False)
     with pytest.raises(ValueError, match="sampler"):
@@ -82,25 +82,25 @@ def test_bad_requests_are_refused(cond_run):
     with pytest.raises(ValueError, match="needs --classes"):
         generate.generate(uncond, num=2, cond_fn=lambda x, t, y: x, progress=False)
     with pytest.raises(Exception, match="No checkpoint"):
-        generate.load_run(cond_run / "nothing-here")
+        runs.load_run(cond_run / "nothing-here")
 
 
 def test_var_type_is_chosen_at_sampling_time(cond_run):
     """DDPM sampled CIFAR-10 with fixed_large: a fixed-variance run can sample with either."""
-    run = generate.load_run(cond_run)
+    run = runs.load_run(cond_run)
     assert run.config.diffusion.var_type == "fixed_large"  # tiny.py's
-    small = generate.with_var_type(run, "fixed_small")
+    small = runs.with_var_type(run, "fixed_small")
     assert small.config.diffusion.var_type == "fixed_small" and small.params is run.params
     assert run.config.diffusion.var_type == "fixed_large"  # the original is left alone
     kw = dict(num=4, sampler="ancestral", steps=5, classes=[2], seed=1, progress=False)
     large_x, _ = generate.generate(run, **kw)
-    again, _ = generate.generate(generate.with_var_type(small, "fixed_large"), **kw)
+    again, _ = generate.generate(runs.with_var_type(small, "fixed_large"), **kw)
     small_x, _ = generate.generate(small, **kw)
     np.testing.assert_array_equal(large_x, again)
     assert not np.array_equal(large_x, small_x)
     with pytest.raises(ValueError, match="fixed_small' or 'fixed_large"):
-        generate.with_var_type(run, "learned")
+        runs.with_var_type(run, "learned")
     config = run.config.copy_and_resolve_references()
     config.diffusion.var_type = "learned_range"
     with pytest.raises(ValueError, match="learned its variance"):
-        generate.with_var_type(dataclasses.replace(run, config=config), "fixed_small")
+        runs.with_var_type(dataclasses.replace(run, config=config), "fixed_small")

@@ -1,4 +1,4 @@
-"""The FID Inception network, its weight conversion and its feature extractor.
+"""The FID Inception network (`inception`), its weights (`inception_weights`), its extractor.
 
 The published weights are not needed: tests/data/pt_inception_layout.json holds the name and
 shape of every tensor of pytorch-fid's FIDInceptionV3 state dict (dumped from the real package)
@@ -19,8 +19,10 @@ import jax
 import numpy as np
 import pytest
 
-from diffusion_jax.evaluation import inception
-from diffusion_jax.evaluation.features import BatchedExtractor
+from diffusion_jax import cli
+from diffusion_jax.evaluation import inception, inception_weights
+from diffusion_jax.evaluation.extractor import BatchedExtractor
+from diffusion_jax.evaluation.features import inception_extractor
 
 FIXTURE = json.loads((Path(__file__).parent / "data" / "pt_inception_layout.json").read_text())
 LAYOUT = FIXTURE["tensors"]
@@ -80,7 +82,7 @@ def state_dict():
 
 @pytest.fixture(scope="module")
 def variables(state_dict):
-    return inception.convert_state_dict(state_dict)
+    return inception_weights.convert_state_dict(state_dict)
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +144,7 @@ def test_convert_uses_every_tensor_exactly_once(state_dict, variables):
 
 def test_convert_accepts_files_without_batch_counters(state_dict, variables):
     old_style = {k: v for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
-    converted = inception.convert_state_dict(old_style)
+    converted = inception_weights.convert_state_dict(old_style)
     jax.tree.map(np.testing.assert_array_equal, converted, variables)
 
 
@@ -168,7 +170,7 @@ def test_convert_names_the_offending_key(state_dict, edit, named):
     broken = dict(state_dict)
     edit(broken)
     with pytest.raises(ValueError, match="not pytorch-fid's FIDInceptionV3") as info:
-        inception.convert_state_dict(broken)
+        inception_weights.convert_state_dict(broken)
     assert named in str(info.value)
 
 
@@ -261,14 +263,14 @@ def test_extractor_batches_pads_and_returns_float64(reference_outputs, inception
 
 def test_load_missing_weights_says_what_to_run(tmp_path, monkeypatch):
     monkeypatch.setenv("DIFFUSION_JAX_CACHE", str(tmp_path / "cache"))
-    assert inception.default_weights_path() == tmp_path / "cache" / "inception_fid.npz"
-    with pytest.raises(inception.InceptionWeightsNotFoundError) as info:
-        inception.load_inception()
+    assert inception_weights.default_weights_path() == tmp_path / "cache" / "inception_fid.npz"
+    with pytest.raises(inception_weights.InceptionWeightsNotFoundError) as info:
+        inception_weights.load_inception()
     assert isinstance(info.value, FileNotFoundError)
     message = str(info.value)
     assert "diffusion-jax fetch-inception" in message
     assert "--from pt_inception-2015-12-05-6726825d.pth" in message
-    assert str(inception.default_weights_path()) in message
+    assert str(inception_weights.default_weights_path()) in message
 
 
 def _fake_pth(tmp_path, content=b"not really torch"):
@@ -280,62 +282,64 @@ def _fake_pth(tmp_path, content=b"not really torch"):
 def test_fetch_rejects_a_file_with_the_wrong_hash(tmp_path, monkeypatch):
     src = _fake_pth(tmp_path)
     read = []
-    monkeypatch.setattr(inception, "_read_torch_state_dict", lambda p: read.append(p))
-    with pytest.raises(inception.InceptionWeightsError, match="6726825d") as info:
-        inception.fetch_inception(src, tmp_path / "out.npz")
+    monkeypatch.setattr(inception_weights, "_read_torch_state_dict", lambda p: read.append(p))
+    with pytest.raises(inception_weights.InceptionWeightsError, match="6726825d") as info:
+        inception_weights.fetch_inception(src, tmp_path / "out.npz")
     assert hashlib.sha256(src.read_bytes()).hexdigest() in str(info.value)
     assert not read and not (tmp_path / "out.npz").exists()
 
 
 def test_fetch_without_torch_says_pip_install_torch(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
-    with pytest.raises(inception.InceptionWeightsError, match="pip install torch"):
-        inception.fetch_inception(_fake_pth(tmp_path), tmp_path / "out.npz", check_hash=False)
+    with pytest.raises(inception_weights.InceptionWeightsError, match="pip install torch"):
+        inception_weights.fetch_inception(
+            _fake_pth(tmp_path), tmp_path / "out.npz", check_hash=False
+        )
 
 
 def test_fetch_offline_says_to_download_elsewhere(tmp_path, monkeypatch):
     def offline(*args, **kwargs):
         raise urllib.error.URLError("no network")
 
-    monkeypatch.setattr(inception.urllib.request, "urlopen", offline)
-    with pytest.raises(inception.InceptionWeightsError, match="--from") as info:
-        inception.fetch_inception(None, tmp_path / "out.npz")
-    assert inception.WEIGHTS_URL in str(info.value)
+    monkeypatch.setattr(inception_weights.urllib.request, "urlopen", offline)
+    with pytest.raises(inception_weights.InceptionWeightsError, match="--from") as info:
+        inception_weights.fetch_inception(None, tmp_path / "out.npz")
+    assert inception_weights.WEIGHTS_URL in str(info.value)
 
 
 def test_fetch_failures_leave_no_broken_file(tmp_path, monkeypatch, state_dict):
     out = tmp_path / "cache" / "inception_fid.npz"
     broken = {k: v for k, v in state_dict.items() if not k.startswith("Mixed_7c")}
-    monkeypatch.setattr(inception, "_read_torch_state_dict", lambda p: broken)
-    with pytest.raises(inception.InceptionWeightsError, match="Mixed_7c"):
-        inception.fetch_inception(_fake_pth(tmp_path), out, check_hash=False)
+    monkeypatch.setattr(inception_weights, "_read_torch_state_dict", lambda p: broken)
+    with pytest.raises(inception_weights.InceptionWeightsError, match="Mixed_7c"):
+        inception_weights.fetch_inception(_fake_pth(tmp_path), out, check_hash=False)
     assert not out.exists()
     # A write that dies half-way leaves the previous file as it was, and no temporary file.
     out.parent.mkdir()
     out.write_bytes(b"previous")
-    monkeypatch.setattr(inception, "_read_torch_state_dict", lambda p: state_dict)
+    monkeypatch.setattr(inception_weights, "_read_torch_state_dict", lambda p: state_dict)
 
     def savez_then_die(file, **arrays):
         file.write(b"PK half an archive")
         raise OSError("disk full")
 
-    monkeypatch.setattr(inception.np, "savez", savez_then_die)
+    monkeypatch.setattr(inception_weights.np, "savez", savez_then_die)
     with pytest.raises(OSError, match="disk full"):
-        inception.fetch_inception(_fake_pth(tmp_path), out, check_hash=False)
+        inception_weights.fetch_inception(_fake_pth(tmp_path), out, check_hash=False)
     assert out.read_bytes() == b"previous"
     assert [p.name for p in out.parent.iterdir()] == [out.name]
 
 
 def test_fetch_and_load_round_trip(tmp_path, monkeypatch, state_dict, variables):
     # Without torch, stand in for torch.load; with it, the real file format is used below.
-    monkeypatch.setattr(inception, "_read_torch_state_dict", lambda p: state_dict)
+    monkeypatch.setattr(inception_weights, "_read_torch_state_dict", lambda p: state_dict)
     monkeypatch.setenv("DIFFUSION_JAX_CACHE", str(tmp_path / "cache"))
     src = _fake_pth(tmp_path)
-    assert inception.fetch_inception_main(["--from", str(src), "--no_hash_check"]) == 0
-    module, loaded = inception.load_inception()
+    assert cli.main(["fetch-inception", "--from", str(src), "--no_hash_check"]) == 0
+    module, loaded = inception_weights.load_inception()
     assert isinstance(module, inception.FIDInceptionV3)
     jax.tree.map(np.testing.assert_array_equal, loaded, variables)
-    with np.load(inception.default_weights_path()) as data:
+    with np.load(inception_weights.default_weights_path()) as data:
         sha = str(data["__meta__/source_sha256"])
     assert sha == hashlib.sha256(src.read_bytes()).hexdigest()
 
@@ -346,17 +350,19 @@ def test_fetch_reads_a_torch_file(tmp_path, state_dict, variables):
 
     src = tmp_path / "random.pth"
     torch.save({k: torch.from_numpy(np.asarray(v)) for k, v in state_dict.items()}, src)
-    out = inception.fetch_inception(src, tmp_path / "converted.npz", check_hash=False)
+    out = inception_weights.fetch_inception(src, tmp_path / "converted.npz", check_hash=False)
     assert out == tmp_path / "converted.npz"
-    _, loaded = inception.load_inception(out)
+    _, loaded = inception_weights.load_inception(out)
     jax.tree.map(np.testing.assert_array_equal, loaded, variables)
 
 
 def test_inception_extractor_from_file(tmp_path, monkeypatch, state_dict, reference_outputs):
-    monkeypatch.setattr(inception, "_read_torch_state_dict", lambda p: state_dict)
-    path = inception.fetch_inception(_fake_pth(tmp_path), tmp_path / "w.npz", check_hash=False)
+    monkeypatch.setattr(inception_weights, "_read_torch_state_dict", lambda p: state_dict)
+    path = inception_weights.fetch_inception(
+        _fake_pth(tmp_path), tmp_path / "w.npz", check_hash=False
+    )
     devices = jax.local_devices()[:2]  # as `inception_fn`: the compiled program is reused
-    extract = inception.inception_extractor(path, batch_size=3, devices=devices)
+    extract = inception_extractor(path, batch_size=3, devices=devices)
     assert extract.batch_size == 4  # rounded up to a multiple of the device count
     assert extract.name == "inception-fid"
     images, pool, logits = reference_outputs

@@ -72,13 +72,20 @@ def test_vb_terms_are_zero_for_the_true_posterior_and_the_decoder_at_t0():
     x0 = jnp.round(jax.random.uniform(k0, (2, 4, 4, 3), minval=-1, maxval=1) * 127.5) / 127.5
     eps = jax.random.normal(k1, x0.shape)
     t = jnp.array([0, 400])
-    x_t = diffusion.q_sample(SCHED, x0, t, eps)
+    x_t = diffusion.q_sample(SCHED, x0, t, noise=eps)
     out = losses.vb_terms_bpd(
-        SCHED, eps, x0, x_t, t, mean_type="eps", var_type="fixed_small", clip_denoised=False
+        SCHED,
+        x_t,
+        t,
+        x_start=x0,
+        model_output=eps,
+        mean_type="eps",
+        var_type="fixed_small",
+        clip_denoised=False,
     )
     assert float(out["output"][1]) == pytest.approx(0.0, abs=1e-5)  # KL of equal Gaussians
     # t=0: the decoder NLL of x0 under N(mu~_0(x0_hat), beta~_1), x0_hat exact
-    mean, _, log_var = diffusion.q_posterior_mean_variance(SCHED, x0, x_t, t)
+    mean, _, log_var = diffusion.q_posterior_mean_variance(SCHED, x_t, t, x_start=x0)
     sd = np.exp(0.5 * np.asarray(log_var[0]))
     mu, x = np.asarray(mean[0], np.float64), np.asarray(x0[0], np.float64)
     upper = np.where(x > 0.999, 1.0, _normal_cdf((x + 1 / 255 - mu) / sd))
@@ -92,30 +99,32 @@ def _setup(channels_out=3, key=3):
     x0 = jax.random.uniform(k[0], (4, 4, 4, 3), minval=-1, maxval=1)
     noise = jax.random.normal(k[1], x0.shape)
     t = jnp.array([0, 3, 500, 999])
-    x_t = diffusion.q_sample(SCHED, x0, t, noise)
+    x_t = diffusion.q_sample(SCHED, x0, t, noise=noise)
     output = jax.random.normal(k[2], x0.shape[:-1] + (channels_out,))
     return x0, noise, t, x_t, output
 
 
 def test_l_simple_is_the_eps_mse():
     x0, noise, t, x_t, output = _setup()
-    terms = losses.losses_from_output(SCHED, output, x0, x_t, t, noise, loss_type="mse")
+    terms = losses.losses_from_output(
+        SCHED, x_t, t, x_start=x0, noise=noise, model_output=output, loss_type="mse"
+    )
     np.testing.assert_allclose(
         terms["loss"], jnp.mean((noise - output) ** 2, axis=(1, 2, 3)), rtol=1e-6
     )
     assert "vb" not in terms
-    perfect = losses.losses_from_output(SCHED, noise, x0, x_t, t, noise, loss_type="mse")
+    perfect = losses.losses_from_output(
+        SCHED, x_t, t, x_start=x0, noise=noise, model_output=noise, loss_type="mse"
+    )
     np.testing.assert_array_equal(perfect["loss"], 0.0)
 
 
 def test_kl_losses_and_rescaling():
     x0, noise, t, x_t, output = _setup()
-    kw = dict(mean_type="eps", var_type="fixed_large")
-    kl = losses.losses_from_output(SCHED, output, x0, x_t, t, noise, loss_type="kl", **kw)
-    rescaled = losses.losses_from_output(
-        SCHED, output, x0, x_t, t, noise, loss_type="rescaled_kl", **kw
-    )
-    direct = losses.vb_terms_bpd(SCHED, output, x0, x_t, t, clip_denoised=False, **kw)["output"]
+    kw = dict(x_start=x0, model_output=output, mean_type="eps", var_type="fixed_large")
+    kl = losses.losses_from_output(SCHED, x_t, t, noise=noise, loss_type="kl", **kw)
+    rescaled = losses.losses_from_output(SCHED, x_t, t, noise=noise, loss_type="rescaled_kl", **kw)
+    direct = losses.vb_terms_bpd(SCHED, x_t, t, clip_denoised=False, **kw)["output"]
     np.testing.assert_allclose(kl["loss"], direct, rtol=1e-6)
     np.testing.assert_allclose(rescaled["loss"], 1000 * direct, rtol=1e-6)
     assert float(kl["loss"].min()) > 0
@@ -123,26 +132,29 @@ def test_kl_losses_and_rescaling():
 
 def test_hybrid_loss_scales_vb_and_stops_its_gradient_through_the_mean():
     x0, noise, t, x_t, output = _setup(channels_out=6)
-    kw = dict(mean_type="eps", var_type="learned_range")
+    kw = dict(x_start=x0, noise=noise, mean_type="eps", var_type="learned_range")
     sched = schedules.make_schedule("cosine", 4000)
-    x_t = diffusion.q_sample(sched, x0, t, noise)
-    plain = losses.losses_from_output(sched, output, x0, x_t, t, noise, loss_type="mse", **kw)
-    hybrid = losses.losses_from_output(sched, output, x0, x_t, t, noise, loss_type="hybrid", **kw)
+    x_t = diffusion.q_sample(sched, x0, t, noise=noise)
+    plain = losses.losses_from_output(sched, x_t, t, model_output=output, loss_type="mse", **kw)
+    hybrid = losses.losses_from_output(sched, x_t, t, model_output=output, loss_type="hybrid", **kw)
     np.testing.assert_allclose(hybrid["vb"], plain["vb"] * 4.0, rtol=1e-6)  # T / 1000
     np.testing.assert_allclose(hybrid["loss"], hybrid["mse"] + hybrid["vb"], rtol=1e-6)
 
     def vb_sum(out):
         return jnp.sum(
-            losses.losses_from_output(sched, out, x0, x_t, t, noise, loss_type="hybrid", **kw)["vb"]
+            losses.losses_from_output(sched, x_t, t, model_output=out, loss_type="hybrid", **kw)[
+                "vb"
+            ]
         )
 
     grad = jax.grad(vb_sum)(output)
     np.testing.assert_array_equal(grad[..., :3], 0.0)  # the mean learns from the MSE only
     assert float(jnp.abs(grad[..., 3:]).max()) > 0
+    kw = dict(x_start=x0, noise=noise, model_output=output[..., :3])
     with pytest.raises(ValueError, match="learned variance"):
-        losses.losses_from_output(SCHED, output[..., :3], x0, x_t, t, noise, loss_type="hybrid")
+        losses.losses_from_output(SCHED, x_t, t, loss_type="hybrid", **kw)
     with pytest.raises(ValueError, match="loss_type"):
-        losses.losses_from_output(SCHED, output[..., :3], x0, x_t, t, noise, loss_type="l2")
+        losses.losses_from_output(SCHED, x_t, t, loss_type="l2", **kw)
 
 
 def _linear_model():
@@ -165,9 +177,8 @@ def test_training_losses_jit_vmap_grad(loss_type):
     x0, noise, t, _, _ = _setup()
 
     def loss(p, x0, t, noise):
-        return jnp.mean(
-            losses.training_losses(apply_fn, p, SCHED, x0, t, noise, loss_type=loss_type)["loss"]
-        )
+        terms = losses.training_losses(apply_fn, p, SCHED, x0, t, noise=noise, loss_type=loss_type)
+        return jnp.mean(terms["loss"])
 
     eager = loss(params, x0, t, noise)
     jitted = jax.jit(loss)(params, x0, t, noise)
@@ -196,7 +207,7 @@ def test_training_losses_give_the_model_the_original_timesteps_of_a_respaced_sch
 
     fast = schedules.make_schedule("linear", 1000, respacing="ddim10")
     x0 = jnp.zeros((2, 2, 2, 3))
-    losses.training_losses(apply_fn, None, fast, x0, jnp.array([1, 9]), x0)
+    losses.training_losses(apply_fn, None, fast, x0, jnp.array([1, 9]), noise=x0)
     np.testing.assert_array_equal(seen[0], [100, 900])
 
 
@@ -218,12 +229,18 @@ def test_calc_bpd_loop_is_the_sum_of_per_t_terms_indexed_by_t():
     for t in (0, 5, 11):  # column t is the term of step t, with noise fold_in(rng, t)
         noise = jax.random.normal(jax.random.fold_in(rng, t), x0.shape)
         t_b = jnp.full((3,), t)
-        x_t = diffusion.q_sample(sched, x0, t_b, noise)
+        x_t = diffusion.q_sample(sched, x0, t_b, noise=noise)
         term = losses.vb_terms_bpd(
-            sched, apply_fn(params, x_t, t_b), x0, x_t, t_b, mean_type="eps", var_type="fixed_large"
+            sched,
+            x_t,
+            t_b,
+            x_start=x0,
+            model_output=apply_fn(params, x_t, t_b),
+            mean_type="eps",
+            var_type="fixed_large",
         )
         np.testing.assert_allclose(out["vb"][:, t], term["output"], rtol=1e-5)
-        eps = diffusion.predict_eps_from_xstart(sched, x_t, t_b, term["pred_xstart"])
+        eps = diffusion.predict_eps_from_xstart(sched, x_t, t_b, x_start=term["pred_xstart"])
         np.testing.assert_allclose(
             out["mse"][:, t], jnp.mean((eps - noise) ** 2, axis=(1, 2, 3)), rtol=1e-4
         )
@@ -255,7 +272,7 @@ def test_hybrid_loss_trains_the_unet_end_to_end():
             sched,
             x0,
             t,
-            noise,
+            noise=noise,
             rng=jax.random.key(9),
             loss_type="hybrid",
             var_type="learned_range",

@@ -28,15 +28,12 @@ import jax
 import numpy as np
 import pytest
 
-from diffusion_jax import checkpoint, cli, parallel
-from diffusion_jax.data import pipeline as data
-from diffusion_jax.models.factory import create_model
-from diffusion_jax.sampling import generate
-from diffusion_jax.training import train
-from diffusion_jax.training.state import make_optimizer
+from diffusion_jax import checkpoint, cli, parallel, setup
+from diffusion_jax.sampling import generate, runs
+from diffusion_jax.training.state import init_state
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = str(ROOT / "experiments" / "configs" / "tiny.py")
+TINY = "tiny"
 OVERRIDES = [
     "--config.model.ch=64",
     "--config.training.num_steps=4",
@@ -111,10 +108,7 @@ def _start(command: list[str], env: dict, log: Path) -> tuple[subprocess.Popen, 
 
 def _restore(workdir: Path, mesh) -> object:
     config, _ = cli.parse_train_flags(["--config", TINY, "--workdir", str(workdir), *OVERRIDES])
-    info = data.dataset_info(config.data)
-    model = create_model(config, info.shape)
-    tx, _ = make_optimizer(config.optim)
-    abstract, _ = train.init_train_state(config, model, tx, info.shape, mesh)
+    abstract, _ = init_state(setup.diffusion_parts(config), mesh)
     with checkpoint.Checkpointer(workdir, read_only=True) as ckpt:
         state, _ = ckpt.restore(abstract)
     return jax.device_get(state)
@@ -125,22 +119,22 @@ def test_two_processes_train_like_one_survive_a_killed_peer_and_resume(tmp_path)
     args = ["--config", TINY, "--workdir", str(workdir), *OVERRIDES]
     port = _free_port()
     killing = [sys.executable, "-c", KILLING_RUN, "1", "3", *args]
-    runs = [
+    procs = [
         _start([*killing, *_dist_flags(port, i)], _env(cache, 4, port), tmp_path / f"p{i}.log")
         for i in (0, 1)
     ]
     # Meanwhile, the reference: one process of 8 devices, uninterrupted.
     reference_dir = tmp_path / "one_by_eight"
     train_cmd = [sys.executable, "-m", "diffusion_jax", "train", "--config", TINY, *OVERRIDES]
-    runs.append(
+    procs.append(
         _start([*train_cmd, "--workdir", str(reference_dir)], _env(cache, 8), tmp_path / "r.log")
     )
     try:
         deadline = time.monotonic() + DEADLINE_S
-        while any(p.poll() is None for p, _ in runs) and time.monotonic() < deadline:
+        while any(p.poll() is None for p, _ in procs) and time.monotonic() < deadline:
             time.sleep(0.2)
         outputs = [(tmp_path / name).read_text() for name in ("p0.log", "p1.log", "r.log")]
-        (survivor, stopped), (victim, died), (reference, _) = runs
+        (survivor, stopped), (victim, died), (reference, _) = procs
         assert reference.returncode == 0, outputs[2][-3000:]
         assert victim.returncode == -signal.SIGKILL, outputs[1][-3000:]
         # The survivor stops by itself, with JAX's error naming the dead task, within a bounded
@@ -149,7 +143,7 @@ def test_two_processes_train_like_one_survive_a_killed_peer_and_resume(tmp_path)
         assert "another task died" in outputs[0], outputs[0][-3000:]
         assert stopped["at"] - died["at"] < HEARTBEAT_S + 30
     finally:
-        for p, _ in runs:
+        for p, _ in procs:
             if p.poll() is None:
                 p.kill()
                 p.wait()
@@ -212,7 +206,7 @@ def test_two_processes_train_like_one_survive_a_killed_peer_and_resume(tmp_path)
     )
     assert status == 0, (tmp_path / "sampled" / "process_0.log").read_text()[-3000:]
     assert "Wrote" not in (tmp_path / "sampled" / "process_1.log").read_text()
-    run = generate.load_run(workdir)
+    run = runs.load_run(workdir)
     expected_images, _ = generate.generate(
         run, num=20, sampler="ddim", steps=4, batch_size=8, progress=False
     )

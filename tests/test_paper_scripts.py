@@ -12,7 +12,6 @@ cifar10.py only in their intended fields, and every script must pass `bash -n`.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import re
 import shlex
@@ -22,8 +21,8 @@ from pathlib import Path
 import ml_collections
 import pytest
 
-from diffusion_jax import cli
-from diffusion_jax.configs.base import flatten_keys
+from diffusion_jax import cli, configs
+from diffusion_jax.configs import flatten_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = ROOT / "experiments" / "paper"
@@ -36,8 +35,8 @@ EXPECTED_SCRIPTS = {
 }
 # New configs and the fields in which each may differ from cifar10.py.
 DERIVED_CONFIGS = {
-    "cifar10_vlb_fixed.py": {"diffusion.loss_type": "kl"},
-    "cifar10_vlb_learned.py": {"diffusion.loss_type": "kl", "diffusion.var_type": "learned"},
+    "cifar10_vlb_fixed": {"diffusion.loss_type": "kl"},
+    "cifar10_vlb_learned": {"diffusion.loss_type": "kl", "diffusion.var_type": "learned"},
 }
 TRAIN_COMMANDS = {"train", "train-classifier"}
 DISTRIBUTED_FLAGS = {
@@ -290,27 +289,18 @@ def _argparse_errors(command, rest, parser, ns) -> list[str]:
             if ns.dataset not in DATASETS:
                 errors.append(f"ref-stats --dataset {ns.dataset!r} is not a dataset")
     if command == "import-weights" and ns.config:
-        path = ns.config if ns.config.endswith(".py") else f"experiments/configs/{ns.config}.py"
-        errors += _config_file_errors(path)
+        errors += _config_file_errors(ns.config)
     return errors
 
 
-def _config_file_errors(path: str) -> list[str]:
-    file = ROOT / path
-    if not file.is_file():
-        return [f"no config file {path}"]
+def _config_file_errors(name_or_path: str) -> list[str]:
+    """A preset name or a config file (relative to the repository root) that does not load."""
+    path = name_or_path if name_or_path in configs.PRESETS else str(ROOT / name_or_path)
     try:
-        _load_config(file)
+        configs.get_config(path)
     except Exception as e:  # any failure to load is the finding
-        return [f"{path} does not load: {type(e).__name__}: {e}"]
+        return [f"{name_or_path} does not load: {type(e).__name__}: {e}"]
     return []
-
-
-def _load_config(file: Path):
-    spec = importlib.util.spec_from_file_location(f"_paper_test_{file.stem}", file)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
 
 
 def _flat(config) -> dict:
@@ -370,17 +360,17 @@ def test_every_config_the_scripts_name_loads(commands):
     for found in commands.values():
         for _, argv in found:
             for i, word in enumerate(argv):
-                if word == "--config" and argv[i + 1].endswith(".py"):
+                if word == "--config":
                     paths.add(argv[i + 1])
-    assert {f"experiments/configs/{name}" for name in DERIVED_CONFIGS} <= paths
+    assert set(DERIVED_CONFIGS) <= paths
     for path in sorted(paths):
         assert not _config_file_errors(path), _config_file_errors(path)
 
 
 @pytest.mark.parametrize("name", sorted(DERIVED_CONFIGS))
 def test_derived_configs_differ_from_cifar10_only_where_intended(name):
-    base = _flat(_load_config(ROOT / "experiments" / "configs" / "cifar10.py"))
-    derived = _flat(_load_config(ROOT / "experiments" / "configs" / name))
+    base = _flat(configs.get_config("cifar10"))
+    derived = _flat(configs.get_config(name))
     assert set(derived) == set(base)
     changed = {key: derived[key] for key in base if derived[key] != base[key]}
     assert changed == DERIVED_CONFIGS[name]
@@ -402,11 +392,7 @@ def test_ablation_trains_each_config(commands):
         for _, argv in commands["table2_ablation.sh"]
         if argv[0] == "train"
     }
-    assert trained == {
-        "experiments/configs/cifar10.py",
-        "experiments/configs/cifar10_vlb_fixed.py",
-        "experiments/configs/cifar10_vlb_learned.py",
-    }
+    assert trained == {"cifar10", "cifar10_vlb_fixed", "cifar10_vlb_learned"}
 
 
 # The checker itself: it must catch the mistakes it exists for.
@@ -419,10 +405,9 @@ _BAD_COMMANDS = [
     "diffusion-jax sample --workdir r --steps fifty",
     "diffusion-jax sample --num 10",  # --workdir is required
     "diffusion-jax evaluate --samples s.npz --metrics fid",  # FID without a reference
-    "diffusion-jax train --config experiments/configs/cifar10.py --workdir r "
-    "--config.training.batch_sze=64",
-    "diffusion-jax train --config experiments/configs/no_such_config.py --workdir r",
-    "diffusion-jax train --config experiments/configs/cifar10.py --workdir r --steps 5",
+    "diffusion-jax train --config cifar10 --workdir r --config.training.batch_sze=64",
+    "diffusion-jax train --config no_such_config --workdir r",
+    "diffusion-jax train --config cifar10 --workdir r --steps 5",
     "diffusion-jax ref-stats --dataset cifar10 --split train",  # --out is required
     "diffusion-jax prepare-data cifar100",
     "diffusion-jax import-weights --from d --out r --config no_such_config",
@@ -437,7 +422,7 @@ def test_checker_rejects_a_wrong_command(line, monkeypatch):
 
 def test_checker_accepts_a_right_command(monkeypatch):
     line = (
-        "diffusion-jax train --config experiments/configs/cifar10.py --workdir r "
+        "diffusion-jax train --config cifar10 --workdir r "
         "--config.training.batch_size=64 --config.model.dtype=bfloat16"
     )
     ((_, argv),) = script_commands(line)

@@ -1,4 +1,4 @@
-"""Importing diffusers' DDPM checkpoints (google/ddpm-*) into our U-Net: diffusion_jax.pretrained.
+"""Importing diffusers' DDPM checkpoints (google/ddpm-*) into our U-Net: diffusion_jax.diffusers.
 
 The core test builds diffusers' own UNet2DModel with random weights, saves it as diffusers does,
 imports it and compares the two networks' outputs (needs torch + diffusers; skipped without them).
@@ -21,9 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from diffusion_jax import cli
 from diffusion_jax.models.unet import UNet
-from diffusion_jax.pretrained import diffusers as pretrained
-from diffusion_jax.sampling import generate
+from diffusion_jax.pretrained import diffusers, importer
+from diffusion_jax.sampling import generate, runs
 
 # The layouts of google/ddpm-cifar10-32 and google/ddpm-{celebahq,church,bedroom,cat}-256.
 CIFAR10 = dict(
@@ -175,7 +176,7 @@ SMALL_CIFAR = ddpm_config(CIFAR10, width_div=4)  # ch 32: the layout of the 35.7
 def test_full_size_layouts_map_every_tensor_to_the_preset_parameter_counts(layout, size, count):
     config = ddpm_config(layout)
     tensors = diffusers_tensors(config)
-    kwargs, params = pretrained.convert_unet(config, tensors)
+    kwargs, params = diffusers.convert_unet(config, tensors)
     assert kwargs["attn_resolutions"] == (16,) and kwargs["ch"] == 128
     assert num_params(params) == count == sum(a.size for a in tensors.values())
     levels = len(layout["block_out_channels"])
@@ -217,12 +218,12 @@ def test_deprecated_attention_names_load_the_same_params(tmp_path):
     assert "mid_block.attentions.0.proj_attn.weight" in old
     new_dir = write_checkpoint(tmp_path / "new", SMALL_CIFAR, tensors)
     old_dir = write_checkpoint(tmp_path / "old", SMALL_CIFAR, old)
-    _, expected = pretrained.convert_unet(*pretrained.read_diffusers_checkpoint(new_dir))
-    _, params = pretrained.convert_unet(*pretrained.read_diffusers_checkpoint(old_dir))
+    _, expected = diffusers.convert_unet(*diffusers.read_diffusers_checkpoint(new_dir))
+    _, params = diffusers.convert_unet(*diffusers.read_diffusers_checkpoint(old_dir))
     assert_trees_equal(params, expected)
     both = {**tensors, "mid_block.attentions.0.query.weight": tensors["conv_in.bias"]}
-    with pytest.raises(pretrained.PretrainedError, match=r"both mid_block.attentions.0.query"):
-        pretrained.convert_unet(SMALL_CIFAR, both)
+    with pytest.raises(diffusers.PretrainedError, match=r"both mid_block.attentions.0.query"):
+        diffusers.convert_unet(SMALL_CIFAR, both)
 
 
 # ----------------------------------------------------------------------------- clear errors
@@ -232,27 +233,27 @@ def test_missing_extra_and_misshapen_tensors_are_named():
     good = diffusers_tensors(SMALL_CIFAR)
     missing = dict(good)
     del missing["down_blocks.1.attentions.0.to_k.bias"]
-    with pytest.raises(pretrained.PretrainedError, match="1 missing tensors: down_blocks.1.at"):
-        pretrained.convert_unet(SMALL_CIFAR, missing)
+    with pytest.raises(diffusers.PretrainedError, match="1 missing tensors: down_blocks.1.at"):
+        diffusers.convert_unet(SMALL_CIFAR, missing)
     extra = {**good, "mid_block.resnets.0.film.weight": np.ones(3, np.float32)}
-    with pytest.raises(pretrained.PretrainedError, match="1 extra tensors.*resnets.0.film.weight"):
-        pretrained.convert_unet(SMALL_CIFAR, extra)
+    with pytest.raises(diffusers.PretrainedError, match="1 extra tensors.*resnets.0.film.weight"):
+        diffusers.convert_unet(SMALL_CIFAR, extra)
     wrong = {**good, "conv_in.weight": np.ones((32, 3, 5, 5), np.float32)}
-    with pytest.raises(pretrained.PretrainedError, match=r"conv_in.weight \(32, 3, 5, 5\), exp"):
-        pretrained.convert_unet(SMALL_CIFAR, wrong)
+    with pytest.raises(diffusers.PretrainedError, match=r"conv_in.weight \(32, 3, 5, 5\), exp"):
+        diffusers.convert_unet(SMALL_CIFAR, wrong)
     # All three at once, in one message.
     wrong.update({"mid_block.resnets.0.film.weight": np.ones(3, np.float32)})
     del wrong["down_blocks.1.attentions.0.to_k.bias"]
-    with pytest.raises(pretrained.PretrainedError) as e:
-        pretrained.convert_unet(SMALL_CIFAR, wrong)
+    with pytest.raises(diffusers.PretrainedError) as e:
+        diffusers.convert_unet(SMALL_CIFAR, wrong)
     message = str(e.value)
     assert "missing" in message and "extra" in message and "1 shape mismatches" in message
     other = ddpm_config(CIFAR10, width_div=2)  # a config.json of another network's width
     with pytest.raises(
-        pretrained.PretrainedError,
+        diffusers.PretrainedError,
         match=r"shape mismatches: conv_in.bias \(32,\), expected \(64,\)",
     ):
-        pretrained.convert_unet(other, good)
+        diffusers.convert_unet(other, good)
 
 
 @pytest.mark.parametrize(
@@ -275,24 +276,24 @@ def test_missing_extra_and_misshapen_tensors_are_named():
     ],
 )
 def test_non_ddpm_configs_are_refused_naming_the_field(changes, named):
-    with pytest.raises(pretrained.PretrainedError) as e:
-        pretrained.convert_unet({**SMALL_CIFAR, **changes}, {})
+    with pytest.raises(diffusers.PretrainedError) as e:
+        diffusers.convert_unet({**SMALL_CIFAR, **changes}, {})
     assert named in str(e.value)
 
 
 def test_fields_left_out_take_diffusers_defaults():
     # A config without attention_head_dim means 8-channel heads in diffusers: not DDPM's one head.
     config = {k: v for k, v in SMALL_CIFAR.items() if k not in ("attention_head_dim", "norm_eps")}
-    with pytest.raises(pretrained.PretrainedError) as e:
-        pretrained.convert_unet(config, {})
+    with pytest.raises(diffusers.PretrainedError) as e:
+        diffusers.convert_unet(config, {})
     assert "attention_head_dim=8" not in str(e.value)  # reported after the fixed fields
     assert "norm_eps=1e-05" in str(e.value)
     config["norm_eps"] = 1e-6
-    with pytest.raises(pretrained.PretrainedError, match="attention_head_dim=8 makes 64 // 8"):
-        pretrained.convert_unet(config, {})
+    with pytest.raises(diffusers.PretrainedError, match="attention_head_dim=8 makes 64 // 8"):
+        diffusers.convert_unet(config, {})
     # Spelling out the single head (head dim = channels everywhere attention runs) is accepted.
-    same = pretrained.ddpm_unet_kwargs({**SMALL_CIFAR, "attention_head_dim": 64})
-    assert same == pretrained.ddpm_unet_kwargs(SMALL_CIFAR)
+    same = diffusers.ddpm_unet_kwargs({**SMALL_CIFAR, "attention_head_dim": 64})
+    assert same == diffusers.ddpm_unet_kwargs(SMALL_CIFAR)
 
 
 # ----------------------------------------------------------------------------- reading files
@@ -303,39 +304,39 @@ def test_reads_a_folder_its_unet_subfolder_or_the_weights_file(tmp_path):
     write_checkpoint(tmp_path / "pipe" / "unet", SMALL_CIFAR, tensors)
     weights = tmp_path / "pipe" / "unet" / "diffusion_pytorch_model.safetensors"
     for path in (tmp_path / "pipe", tmp_path / "pipe" / "unet", weights):
-        config, read = pretrained.read_diffusers_checkpoint(path)
+        config, read = diffusers.read_diffusers_checkpoint(path)
         assert config == SMALL_CIFAR and read.keys() == tensors.keys()
         np.testing.assert_array_equal(read["conv_out.weight"], tensors["conv_out.weight"])
-    with pytest.raises(pretrained.PretrainedError, match="does not exist.*hf download"):
-        pretrained.read_diffusers_checkpoint(tmp_path / "nowhere")
+    with pytest.raises(diffusers.PretrainedError, match="does not exist.*hf download"):
+        diffusers.read_diffusers_checkpoint(tmp_path / "nowhere")
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "config.json").write_text("{}")
-    with pytest.raises(pretrained.PretrainedError, match=r"No weights in .*found \['config.json'"):
-        pretrained.read_diffusers_checkpoint(tmp_path / "empty")
+    with pytest.raises(diffusers.PretrainedError, match=r"No weights in .*found \['config.json'"):
+        diffusers.read_diffusers_checkpoint(tmp_path / "empty")
 
 
 def test_missing_readers_say_what_to_install(tmp_path, monkeypatch):
     (tmp_path / "config.json").write_text(json.dumps(SMALL_CIFAR))
     (tmp_path / "diffusion_pytorch_model.bin").write_bytes(b"not read")
     monkeypatch.setitem(sys.modules, "torch", None)  # import torch -> ImportError
-    with pytest.raises(pretrained.PretrainedError, match="pip install torch"):
-        pretrained.read_diffusers_checkpoint(tmp_path)
+    with pytest.raises(diffusers.PretrainedError, match="pip install torch"):
+        diffusers.read_diffusers_checkpoint(tmp_path)
     (tmp_path / "diffusion_pytorch_model.safetensors").write_bytes(b"not read")  # preferred
     monkeypatch.setitem(sys.modules, "safetensors.numpy", None)
-    with pytest.raises(pretrained.PretrainedError, match="pip install safetensors"):
-        pretrained.read_diffusers_checkpoint(tmp_path)
+    with pytest.raises(diffusers.PretrainedError, match="pip install safetensors"):
+        diffusers.read_diffusers_checkpoint(tmp_path)
 
 
 # ----------------------------------------------------------------------------- the diffusion
 
 
 def test_scheduler_settings_map_onto_our_diffusion_config():
-    assert pretrained.diffusion_settings(SCHEDULER) == dict(
+    assert importer.diffusion_settings(SCHEDULER) == dict(
         beta_schedule="linear", num_timesteps=1000, mean_type="eps", var_type="fixed_small"
     )
     cosine = dict(beta_schedule="squaredcos_cap_v2", num_train_timesteps=4000)
     cosine.update(variance_type="fixed_large", prediction_type="v_prediction")
-    assert pretrained.diffusion_settings(cosine) == dict(
+    assert importer.diffusion_settings(cosine) == dict(
         beta_schedule="cosine", num_timesteps=4000, mean_type="v", var_type="fixed_large"
     )
     # diffusers does not rescale the endpoints by 1000/T as we do: T=2000 cannot be matched.
@@ -346,8 +347,8 @@ def test_scheduler_settings_map_onto_our_diffusion_config():
         (dict(variance_type="learned_range"), "variance_type='learned_range'"),
         (dict(beta_schedule="exp"), "beta_schedule='exp'"),
     ]:
-        with pytest.raises(pretrained.PretrainedError) as e:
-            pretrained.diffusion_settings({**SCHEDULER, **bad})
+        with pytest.raises(diffusers.PretrainedError) as e:
+            importer.diffusion_settings({**SCHEDULER, **bad})
         assert named in str(e.value)
 
 
@@ -365,7 +366,7 @@ def test_scheduler_settings_map_onto_our_diffusion_config():
     ],
 )
 def test_training_config_is_chosen_from_the_folder_name(tmp_path, folder, size, name):
-    assert pretrained.guess_config_name(tmp_path / folder, size) == name
+    assert importer.guess_config_name(tmp_path / folder, size) == name
 
 
 # ----------------------------------------------------------------------------- the run directory
@@ -377,17 +378,17 @@ def test_import_writes_a_run_that_load_run_samples_from(tmp_path, capsys):
     )
     (src / "scheduler_config.json").write_text(json.dumps(SCHEDULER))
     out = tmp_path / "runs" / "cifar"
-    assert pretrained.import_weights_main(["--from", str(src), "--out", str(out)]) == 0
+    assert cli.main(["import-weights", "--from", str(src), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert f"{2_245_763:,} parameters" in printed and "configs/cifar10.py" in printed
     assert "diffusion.var_type: 'fixed_large' -> 'fixed_small'" in printed
     assert "model.ch: 128 -> 32" in printed
 
     # load_run needs the shape of a cifar10 example, not the (unprepared) dataset.
-    run = generate.load_run(out)
-    _, imported = pretrained.convert_unet(*pretrained.read_diffusers_checkpoint(src))
+    run = runs.load_run(out)
+    _, imported = diffusers.convert_unet(*diffusers.read_diffusers_checkpoint(src))
     assert_trees_equal(run.params, imported)
-    raw = generate.load_run(out, use_ema=False)
+    raw = runs.load_run(out, use_ema=False)
     assert_trees_equal(raw.params, imported)
     assert run.step == 0 and run.shape == (32, 32, 3)
     assert run.config.model.ch == 32 and tuple(run.config.model.ch_mult) == (1, 2, 2, 2)
@@ -398,11 +399,11 @@ def test_import_writes_a_run_that_load_run_samples_from(tmp_path, capsys):
     assert samples.shape == (2, 32, 32, 3) and samples.dtype == np.uint8
 
     # A second import to the same place is refused, and leaves no temporary directory behind.
-    assert pretrained.import_weights_main(["--from", str(src), "--out", str(out)]) == 1
+    assert cli.main(["import-weights", "--from", str(src), "--out", str(out)]) == 1
     assert "already exists" in capsys.readouterr().err
     broken = write_checkpoint(tmp_path / "broken", {**SMALL_CIFAR, "freq_shift": 0}, {})
-    with pytest.raises(pretrained.PretrainedError, match="freq_shift"):
-        pretrained.import_weights(broken, tmp_path / "runs" / "broken")
+    with pytest.raises(diffusers.PretrainedError, match="freq_shift"):
+        importer.import_weights(broken, tmp_path / "runs" / "broken")
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["cifar"]
 
 
@@ -413,18 +414,18 @@ def test_pipeline_folder_import_picks_the_lsun_config_and_the_scheduler(tmp_path
     write_checkpoint(pipe / "unet", config, diffusers_tensors(config))
     (pipe / "scheduler").mkdir()
     (pipe / "scheduler" / "scheduler_config.json").write_text(json.dumps(SCHEDULER))
-    out = pretrained.import_weights(pipe, tmp_path / "church")
+    out = importer.import_weights(pipe, tmp_path / "church")
     saved = json.loads((out / "config.json").read_text())
     assert saved["data"]["dataset"] == "lsun/church_outdoor" and saved["data"]["image_size"] == 64
     assert saved["model"]["ch"] == 32 and saved["model"]["attn_resolutions"] == [4]
     assert saved["diffusion"]["var_type"] == "fixed_small"
-    info = json.loads((out / pretrained.PROVENANCE_FILE).read_text())
+    info = json.loads((out / importer.PROVENANCE_FILE).read_text())
     assert info["training_config"].endswith("lsun_church.py") and info["step"] == 0
     assert info["scheduler_config"].endswith("scheduler/scheduler_config.json")
-    explicit = pretrained.import_weights(pipe / "unet", tmp_path / "cat", config_name="lsun_cat")
+    explicit = importer.import_weights(pipe / "unet", tmp_path / "cat", config_name="lsun_cat")
     assert json.loads((explicit / "config.json").read_text())["data"]["dataset"] == "lsun/cat"
-    with pytest.raises(pretrained.PretrainedError, match="No training config 'lsun_dog'"):
-        pretrained.import_weights(pipe, tmp_path / "dog", config_name="lsun_dog")
+    with pytest.raises(diffusers.PretrainedError, match="lsun_dog: neither a preset nor"):
+        importer.import_weights(pipe, tmp_path / "dog", config_name="lsun_dog")
 
 
 # ----------------------------------------------------------------------------- against diffusers
@@ -447,8 +448,8 @@ def _diffusers_unet(config: dict, seed: int = 0):
 def _compare_outputs(model, folder: Path, batch: int = 4) -> tuple[float, float]:
     """(max |ours - diffusers|, max |diffusers|) on one batch with different t per image."""
     torch = pytest.importorskip("torch")
-    config, tensors = pretrained.read_diffusers_checkpoint(folder)
-    kwargs, params = pretrained.convert_unet(config, tensors)
+    config, tensors = diffusers.read_diffusers_checkpoint(folder)
+    kwargs, params = diffusers.convert_unet(config, tensors)
     size = config["sample_size"]
     x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(1))
     t = torch.tensor(TIMESTEPS[:batch])
@@ -481,8 +482,8 @@ def test_a_bin_file_with_deprecated_names_imports_the_same_weights(tmp_path):
     (tmp_path / "bin").mkdir()
     torch.save(old, tmp_path / "bin" / "diffusion_pytorch_model.bin")
     (tmp_path / "bin" / "config.json").write_text((tmp_path / "st" / "config.json").read_text())
-    _, expected = pretrained.convert_unet(*pretrained.read_diffusers_checkpoint(tmp_path / "st"))
-    _, params = pretrained.convert_unet(*pretrained.read_diffusers_checkpoint(tmp_path / "bin"))
+    _, expected = diffusers.convert_unet(*diffusers.read_diffusers_checkpoint(tmp_path / "st"))
+    _, params = diffusers.convert_unet(*diffusers.read_diffusers_checkpoint(tmp_path / "bin"))
     assert_trees_equal(params, expected)
     np.testing.assert_array_equal(
         params["mid_attn_1"]["proj_out"]["kernel"],

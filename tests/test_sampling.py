@@ -17,6 +17,7 @@ MEANS = np.array([[-1.0, 0.0], [1.0, 0.5], [0.0, -1.0]])
 STDS = np.array([0.3, 0.25, 0.35])
 WEIGHTS = np.array([0.3, 0.3, 0.4])
 N = 1000  # points per two-sample test: 1000 keeps each permutation test under 2 s
+UNCLIPPED = sampling.Denoiser(clip_denoised=False)  # 2-D data, not images in [-1, 1]
 
 
 def sample_mixture(rng, n):
@@ -115,7 +116,7 @@ def test_samplers_match_float64_reference_chain(kind, eta, respacing):
             *schedules.respace_betas(betas, schedules.space_timesteps(12, respacing))
         )
     rng, shape = jax.random.key(3), (5, 3)
-    kw = dict(mean_type="eps", var_type="fixed_large", clip_denoised=False)
+    kw = dict(denoiser=sampling.Denoiser("eps", "fixed_large", clip_denoised=False))
     if kind == "ancestral":
         got = sampling.sample_ancestral(toy_net, None, sched, shape, rng, **kw)
     else:
@@ -131,8 +132,8 @@ def test_ddim_step_matches_formula(eta):
     key = jax.random.key(0)
     x_t, eps, noise = (jax.random.normal(k, (4, 6)) for k in jax.random.split(key, 3))
     t = jnp.array([0, 1, 500, 999])
-    out = diffusion.p_mean_variance(sched, eps, x_t, t, clip_denoised=False)
-    got = np.asarray(diffusion.ddim_step(sched, out, x_t, t, noise, eta))
+    out = diffusion.p_mean_variance(sched, x_t, t, model_output=eps, clip_denoised=False)
+    got = np.asarray(diffusion.ddim_step(sched, x_t, t, out=out, noise=noise, eta=eta))
     x, e, z, tt = (np.asarray(v, np.float64) for v in (x_t, eps, noise, t))
     a, ap = ab[t][:, None], ab_prev[t][:, None]
     x0 = (x - np.sqrt(1 - a) * e) / np.sqrt(a)
@@ -144,34 +145,9 @@ def test_ddim_step_matches_formula(eta):
 
     # the reverse step: x_{t+1} = sqrt(ab_{t+1}) x0 + sqrt(1 - ab_{t+1}) eps, ab_T = 0
     ab_next = np.append(ab[1:], 0.0)[t][:, None]
-    back = np.asarray(diffusion.ddim_reverse_step(sched, out, x_t, t))
+    back = np.asarray(diffusion.ddim_reverse_step(sched, x_t, t, out=out))
     want = np.sqrt(ab_next) * x0 + np.sqrt(1 - ab_next) * e
     np.testing.assert_allclose(back, want, rtol=1e-4, atol=1e-4)
-
-
-def test_guidance_arithmetic():
-    r = np.random.default_rng(0)
-    c, u, g = (r.normal(size=(3, 4, 4)).astype(np.float32) for _ in range(3))
-    np.testing.assert_allclose(diffusion.cfg_eps(c, u, 2.5), 3.5 * c - 2.5 * u, rtol=1e-5)
-    np.testing.assert_array_equal(diffusion.cfg_eps(c, u, 0.0), c)
-    learned = np.asarray(diffusion.cfg_output(c, u, 2.0, "learned_range"))
-    np.testing.assert_allclose(learned[..., :2], 3 * c[..., :2] - 2 * u[..., :2], rtol=1e-5)
-    np.testing.assert_array_equal(learned[..., 2:], c[..., 2:])  # conditional variance kept
-    var = np.abs(u)
-    np.testing.assert_allclose(diffusion.condition_mean(c, var, g, 3.0), c + 3 * var * g, rtol=1e-6)
-    np.testing.assert_allclose(
-        diffusion.condition_eps(c, g, 2.0, 0.36), c - 0.8 * 2.0 * g, rtol=1e-5, atol=1e-6
-    )
-    # condition_score: x_0_hat re-derived from the guided eps
-    sched = schedules.make_schedule("linear", 100)
-    t = jnp.array([10, 50, 99])
-    out = diffusion.p_mean_variance(sched, c, u, t, clip_denoised=False)
-    new = diffusion.condition_score(sched, out, u, t, g, 2.0)
-    a = np.asarray(sched.alphas_cumprod, np.float64)[np.asarray(t)][:, None, None]
-    eps = c - np.sqrt(1 - a) * 2.0 * g
-    np.testing.assert_allclose(
-        new["pred_xstart"], (u - np.sqrt(1 - a) * eps) / np.sqrt(a), rtol=1e-4, atol=1e-4
-    )
 
 
 # ----------------------------------------------------------------------------- respacing, keys
@@ -180,7 +156,7 @@ def test_guidance_arithmetic():
 def test_full_respacing_equals_unrespaced_for_both_samplers():
     full = schedules.make_schedule("linear", 100)
     kept = schedules.make_schedule("linear", 100, respacing="100")
-    kw = dict(mean_type="eps", var_type="fixed_large", clip_denoised=True)
+    kw = dict(denoiser=sampling.Denoiser("eps", "fixed_large", clip_denoised=True))
     key = jax.random.key(7)
     for fn in (sampling.sample_ancestral, sampling.sample_ddim):
         a = fn(toy_net, None, full, (4, 3), key, **kw)
@@ -190,7 +166,7 @@ def test_full_respacing_equals_unrespaced_for_both_samplers():
 
 def test_same_key_same_sample_different_key_different():
     sched = schedules.make_schedule("cosine", 20)
-    kw = dict(clip_denoised=False)
+    kw = dict(denoiser=UNCLIPPED)
     for fn, extra in ((sampling.sample_ancestral, {}), (sampling.sample_ddim, {"eta": 0.0})):
         a = fn(toy_net, None, sched, (3, 2), jax.random.key(1), **kw, **extra)
         b = fn(toy_net, None, sched, (3, 2), jax.random.key(1), **kw, **extra)
@@ -201,9 +177,10 @@ def test_same_key_same_sample_different_key_different():
 
 def test_ddim_eta_one_is_ancestral_with_posterior_variance():
     sched = schedules.make_schedule("cosine", 50, respacing="ddim10")
-    key, kw = jax.random.key(4), dict(clip_denoised=False)
-    ddim = sampling.sample_ddim(toy_net, None, sched, (6, 2), key, eta=1.0, **kw)
-    anc = sampling.sample_ancestral(toy_net, None, sched, (6, 2), key, var_type="fixed_small", **kw)
+    key = jax.random.key(4)
+    ddim = sampling.sample_ddim(toy_net, None, sched, (6, 2), key, eta=1.0, denoiser=UNCLIPPED)
+    small = sampling.Denoiser(var_type="fixed_small", clip_denoised=False)
+    anc = sampling.sample_ancestral(toy_net, None, sched, (6, 2), key, denoiser=small)
     np.testing.assert_allclose(np.asarray(ddim), np.asarray(anc), rtol=1e-4, atol=1e-4)
 
 
@@ -226,12 +203,12 @@ def test_quadratic_spacing_is_ddims_quad_rule_made_distinct():
 def test_ancestral_with_optimal_denoiser_samples_the_mixture():
     sched = schedules.make_schedule("cosine", 200)
     x = sampling.sample_ancestral(
-        mixture_apply_fn(sched), None, sched, (N, 2), jax.random.key(0), clip_denoised=False
+        mixture_apply_fn(sched), None, sched, (N, 2), jax.random.key(0), denoiser=UNCLIPPED
     )
     assert mmd_p(x, seed=0) > 0.05
     # the test has power: a denoiser whose eps is 30% too small leaves the samples too spread out
     bad = sampling.sample_ancestral(
-        mixture_apply_fn(sched, 0.7), None, sched, (N, 2), jax.random.key(0), clip_denoised=False
+        mixture_apply_fn(sched, 0.7), None, sched, (N, 2), jax.random.key(0), denoiser=UNCLIPPED
     )
     assert mmd_p(bad, seed=1) < 0.05
 
@@ -241,7 +218,7 @@ def test_ddim_50_steps_with_optimal_denoiser_samples_the_mixture(respacing):
     base = schedules.make_schedule("linear", 1000)
     sched = schedules.make_schedule("linear", 1000, respacing=respacing)
     x = sampling.sample_ddim(
-        mixture_apply_fn(base), None, sched, (N, 2), jax.random.key(1), clip_denoised=False
+        mixture_apply_fn(base), None, sched, (N, 2), jax.random.key(1), denoiser=UNCLIPPED
     )
     assert mmd_p(x, seed=2) > 0.05
 
@@ -251,7 +228,7 @@ def test_slightly_wrong_denoiser_under_ddim_is_detected():
     sched = schedules.make_schedule("linear", 1000, respacing="ddim50")
     # eps 10% too small: the deterministic sampler has no noise to correct it, and the test sees it
     x = sampling.sample_ddim(
-        mixture_apply_fn(base, 0.9), None, sched, (N, 2), jax.random.key(1), clip_denoised=False
+        mixture_apply_fn(base, 0.9), None, sched, (N, 2), jax.random.key(1), denoiser=UNCLIPPED
     )
     assert mmd_p(x, seed=3) < 0.05
 
@@ -269,16 +246,16 @@ def test_cfg_makes_one_doubled_forward_call_per_step_and_w0_is_conditional():
 
     sched = schedules.make_schedule("cosine", 12)
     y = jnp.array([0, 1, 2, 1])
-    kw = dict(y=y, clip_denoised=False)
-    guided = sampling.sample_ddim(net, None, sched, (4, 3), jax.random.key(0), cfg_scale=0.0,
-                                  num_classes=3, **kw)  # fmt: skip
+    kw = dict(y=y, denoiser=UNCLIPPED)
+    w0 = sampling.Guidance(cfg_scale=0.0, num_classes=3)
+    guided = sampling.sample_ddim(net, None, sched, (4, 3), jax.random.key(0), guidance=w0, **kw)
     jax.block_until_ready(guided)
     assert shapes == [((8, 3), (8,))] and len(calls) == 12
     plain = sampling.sample_ddim(net, None, sched, (4, 3), jax.random.key(0), **kw)
     np.testing.assert_allclose(np.asarray(guided), np.asarray(plain), rtol=1e-6, atol=1e-6)
     # w > 0 moves away from the null-label prediction: eps~ = eps_c + w (eps_c - eps_u)
-    strong = sampling.sample_ddim(net, None, sched, (4, 3), jax.random.key(0), cfg_scale=2.0,
-                                  num_classes=3, **kw)  # fmt: skip
+    w2 = sampling.Guidance(cfg_scale=2.0, num_classes=3)
+    strong = sampling.sample_ddim(net, None, sched, (4, 3), jax.random.key(0), guidance=w2, **kw)
     assert not np.allclose(np.asarray(strong), np.asarray(plain))
 
 
@@ -289,15 +266,18 @@ def test_cfg_w0_equals_conditional_sampling_with_a_conditional_mlp():
     apply_fn = make_apply_fn(model)
     sched = schedules.make_schedule("linear", 100, respacing="20")
     y, key = jnp.array([0, 1, 2, 0, 1, 2]), jax.random.key(5)
-    kw = dict(y=y, clip_denoised=False)
+    kw = dict(y=y, denoiser=UNCLIPPED)
     fn = sampling.sample_ancestral  # (the DDIM sampler: the test above)
     plain = fn(apply_fn, params["params"], sched, (6, 2), key, **kw)
-    w0 = fn(apply_fn, params["params"], sched, (6, 2), key, cfg_scale=0.0, num_classes=3, **kw)
+    guidance = sampling.Guidance(cfg_scale=0.0, num_classes=3)
+    w0 = fn(apply_fn, params["params"], sched, (6, 2), key, guidance=guidance, **kw)
     np.testing.assert_allclose(np.asarray(w0), np.asarray(plain), rtol=1e-5, atol=1e-5)
-    w2 = fn(apply_fn, params["params"], sched, (6, 2), key, cfg_scale=2.0, num_classes=3, **kw)
+    guidance = sampling.Guidance(cfg_scale=2.0, num_classes=3)
+    w2 = fn(apply_fn, params["params"], sched, (6, 2), key, guidance=guidance, **kw)
     assert not np.allclose(np.asarray(w2), np.asarray(plain), atol=1e-3)
     with pytest.raises(ValueError, match="num_classes"):
-        sampling.sample_ddim(apply_fn, params["params"], sched, (6, 2), key, cfg_scale=1.0, y=y)
+        guidance = sampling.Guidance(cfg_scale=1.0)
+        sampling.sample_ddim(apply_fn, params["params"], sched, (6, 2), key, y=y, guidance=guidance)
 
 
 W_CLS = jnp.array([[3.0, -3.0, 0.0], [0.0, 0.0, 3.0]])  # logits = x @ W: 3 classes in 2-D
@@ -317,12 +297,12 @@ def test_classifier_guidance_raises_the_requested_class_probability():
     base = schedules.make_schedule("linear", 1000)
     sched = schedules.make_schedule("linear", 1000, respacing="ddim50")
     y = jnp.full((500,), 1, jnp.int32)  # class 1: x[0] very negative
-    key, kw = jax.random.key(9), dict(y=y, clip_denoised=False)
+    key, kw = jax.random.key(9), dict(y=y, denoiser=UNCLIPPED)
     apply_fn = mixture_apply_fn(base)
+    guidance = sampling.Guidance(cond_fn=cond_fn, classifier_scale=3.0)
     for fn in (sampling.sample_ancestral, sampling.sample_ddim):
         plain = fn(apply_fn, None, sched, (500, 2), key, **kw)
-        guided = fn(apply_fn, None, sched, (500, 2), key, cond_fn=cond_fn, classifier_scale=3.0,
-                    **kw)  # fmt: skip
+        guided = fn(apply_fn, None, sched, (500, 2), key, guidance=guidance, **kw)
         p_plain = float(jnp.mean(jnp.exp(_log_prob(plain, y))))
         p_guided = float(jnp.mean(jnp.exp(_log_prob(guided, y))))
         assert p_guided > p_plain + 0.1, (fn.__name__, p_plain, p_guided)
@@ -338,7 +318,7 @@ def test_ddim_inversion_reconstructs_and_interpolation_endpoints_decode():
     sched = base  # the eta=0 ODE is discretised: the error falls about as 1/steps (0.03 at 250)
     apply_fn = mixture_apply_fn(base)
     x0 = jnp.asarray(sample_mixture(np.random.default_rng(3), 16), jnp.float32)
-    kw = dict(clip_denoised=False)
+    kw = dict(denoiser=UNCLIPPED)
     x_T = sampling.ddim_invert(apply_fn, None, sched, x0)
     # the latent looks like noise, and decoding it returns the data point
     assert 0.5 < float(jnp.std(x_T)) < 1.5
@@ -370,13 +350,42 @@ def test_progressive_x0_snapshots_end_at_the_sample():
     sched = schedules.make_schedule("cosine", 200)
     apply_fn, key = mixture_apply_fn(sched), jax.random.key(11)
     x0, snaps = sampling.progressive_x0(
-        apply_fn, None, sched, (64, 2), key, num_snapshots=7, clip_denoised=False
+        apply_fn, None, sched, (64, 2), key, num_snapshots=7, denoiser=UNCLIPPED
     )
     assert snaps.shape == (7, 64, 2)
     np.testing.assert_array_equal(np.asarray(snaps[-1]), np.asarray(x0))
     # the same chain as sample_ancestral for the same key
-    full = sampling.sample_ancestral(apply_fn, None, sched, (64, 2), key, clip_denoised=False)
+    full = sampling.sample_ancestral(apply_fn, None, sched, (64, 2), key, denoiser=UNCLIPPED)
     np.testing.assert_allclose(np.asarray(x0), np.asarray(full), rtol=1e-5, atol=1e-5)
     # early predictions are near the data mean, late ones spread out over the components
     spread = np.asarray(jnp.std(snaps, axis=1).mean(-1))
     assert spread[0] < spread[-1]
+
+
+def test_sampler_settings_are_validated_hashable_and_scales_do_not_recompile():
+    for bad in (dict(mean_type="epsilon"), dict(var_type="large"), dict(clip_denoised="yes")):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            sampling.Denoiser(**bad)
+    for bad, match in ((dict(num_classes=0), "num_classes"), (dict(cond_fn=1.0), "cond_fn")):
+        with pytest.raises(ValueError, match=match):
+            sampling.Guidance(**bad)
+    assert hash(sampling.Denoiser()) == hash(sampling.Denoiser(mean_type="eps"))
+    hash(sampling.Guidance(cfg_scale=1.0, num_classes=3, cond_fn=toy_net))  # jit-static capable
+    sched, y = schedules.make_schedule("cosine", 5), jnp.array([0, 1])
+    with pytest.raises(ValueError, match="labels y"):
+        sampling.sample_ddim(toy_net, None, sched, (2, 2), jax.random.key(0),
+                             guidance=sampling.Guidance(cfg_scale=1.0, num_classes=2))  # fmt: skip
+
+    # the two scales are traced: a new value reuses the compiled sampler and changes the sample
+    def net(params, x_t, t, y=None):
+        return 0.2 * x_t + 0.1 * y[:, None].astype(jnp.float32)
+
+    samples = []
+    for w in (1.0, 2.0):
+        guidance = sampling.Guidance(cfg_scale=w, num_classes=2)
+        samples.append(sampling.sample_ddim(net, None, sched, (2, 2), jax.random.key(0), y=y,
+                                            denoiser=UNCLIPPED, guidance=guidance))  # fmt: skip
+        if w == 1.0:
+            compiled = sampling.sample_ddim._cache_size()
+    assert sampling.sample_ddim._cache_size() == compiled
+    assert not np.allclose(np.asarray(samples[0]), np.asarray(samples[1]))

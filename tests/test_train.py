@@ -11,16 +11,14 @@ import jax
 import numpy as np
 import pytest
 
-from diffusion_jax import checkpoint, parallel
+from diffusion_jax import checkpoint, configs, parallel, setup
 from diffusion_jax.data import pipeline as data
 from diffusion_jax.evaluation import two_sample
-from diffusion_jax.models import make_apply_fn
-from diffusion_jax.models.factory import create_model
 from diffusion_jax.training import train
-from diffusion_jax.training.state import make_optimizer
+from diffusion_jax.training.state import init_state
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = str(ROOT / "experiments" / "configs" / "tiny.py")
+TINY = "tiny"
 
 # Trains like `diffusion-jax train`, sending itself `signal` after step `at` (through the public
 # evaluation hook), to play a preemption (SIGTERM) or a crash (SIGKILL) at a known step.
@@ -73,11 +71,8 @@ def _final_state(workdir, config_overrides=()):
     config, _ = cli.parse_train_flags(
         ["--config", TINY, "--workdir", str(workdir), *config_overrides]
     )
-    info = data.dataset_info(config.data)
-    model = create_model(config, info.shape)
-    tx, _ = make_optimizer(config.optim)
     mesh = parallel.data_mesh(jax.devices()[:1])
-    abstract, _ = train.init_train_state(config, model, tx, info.shape, mesh)
+    abstract, _ = init_state(setup.diffusion_parts(config), mesh)
     with checkpoint.Checkpointer(workdir, read_only=True) as ckpt:
         state, _ = ckpt.restore(abstract)
     return jax.device_get(state)
@@ -140,7 +135,7 @@ def test_cli_errors_are_clear_and_quick(tmp_path):
     missing = _cli(
         "train",
         "--config",
-        str(ROOT / "experiments/configs/cifar10.py"),
+        str(ROOT / "diffusion_jax/configs/cifar10.py"),
         "--workdir",
         str(tmp_path / "c"),
         f"--config.data.data_dir={tmp_path / 'tfds'}",
@@ -152,18 +147,13 @@ def test_cli_errors_are_clear_and_quick(tmp_path):
 
 
 def test_toy2d_samples_pass_a_two_sample_test_after_training(tmp_path):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("toy2d", ROOT / "experiments/configs/toy2d.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = configs.get_config("toy2d")
     # 600 of the config's 2,000 steps: the EMA samples already pass (p ~ 0.8 at 500 steps on
     # one device), and this process simulates 8 devices, which is slower on 2 cores.
     config.training.update(async_checkpoints=False, num_steps=600, checkpoint_every=600)
     state = train.train(config, tmp_path)
-    model = create_model(config, (2,))
-    apply_fn = make_apply_fn(model)
+    parts = setup.diffusion_parts(config)
+    apply_fn = parts.apply_fn
     d = config.diffusion
     from diffusion_jax.core import schedules
     from diffusion_jax.sampling import samplers as sampling
@@ -177,18 +167,13 @@ def test_toy2d_samples_pass_a_two_sample_test_after_training(tmp_path):
             sched,
             (2000, 2),
             jax.random.key(seed),
-            mean_type=d.mean_type,
-            var_type=d.var_type,
-            clip_denoised=False,
+            denoiser=sampling.Denoiser(d.mean_type, d.var_type, clip_denoised=False),
         )
         return np.asarray(x)
 
     truth = data.sample_toy2d(np.random.default_rng(123), 2000)
     _, p_trained = two_sample.mmd_permutation_test(draw(state.ema_params, 1), truth)
-    untrained = train.init_train_state(
-        config, model, make_optimizer(config.optim)[0], (2,), parallel.data_mesh()
-    )[1]()
-    _, p_untrained = two_sample.mmd_permutation_test(draw(untrained.params, 1), truth)
+    _, p_untrained = two_sample.mmd_permutation_test(draw(parts.init_params(), 1), truth)
     assert p_trained > 0.05, p_trained
     assert p_untrained < 0.05, p_untrained
 

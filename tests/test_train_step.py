@@ -5,13 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_jax import parallel
-from diffusion_jax.configs.base import base_config
-from diffusion_jax.core import schedules
-from diffusion_jax.models import make_apply_fn
-from diffusion_jax.models.factory import create_model
-from diffusion_jax.training import train
-from diffusion_jax.training.state import make_optimizer
+from diffusion_jax import parallel, setup
+from diffusion_jax.configs import base_config
+from diffusion_jax.training import state as state_lib
+from diffusion_jax.training import step as step_lib
 
 SHAPE = (8, 8, 1)
 
@@ -29,12 +26,10 @@ def _config(**training):
 
 def _setup(config, devices):
     mesh = parallel.data_mesh(devices)
-    model = create_model(config, SHAPE)
-    tx, lr_fn = make_optimizer(config.optim)
-    sched = schedules.make_schedule("cosine", 20)
-    _, init = train.init_train_state(config, model, tx, SHAPE, mesh)
-    step = train.make_train_step(make_apply_fn(model), tx, lr_fn, sched, config)
-    return mesh, init(), train.compile_train_step(step, mesh)
+    parts = setup.diffusion_parts(config, SHAPE)
+    _, init = state_lib.init_state(parts, mesh)
+    step = step_lib.make_train_step(parts)
+    return mesh, init(), step_lib.compile_train_step(step, mesh)
 
 
 def _batch(mesh, seed=0):
@@ -110,14 +105,10 @@ def test_fsdp_shards_the_state_and_computes_the_replicated_update(one_device_run
     ways, and two steps give the state of the one-device run."""
     config = _config()
     mesh = parallel.make_mesh(fsdp=4)
-    model = create_model(config, SHAPE)
-    tx, lr_fn = make_optimizer(config.optim)
-    sched = schedules.make_schedule("cosine", 20)
-    abstract, init = train.init_train_state(config, model, tx, SHAPE, mesh)
+    parts = setup.diffusion_parts(config, SHAPE)
+    abstract, init = state_lib.init_state(parts, mesh)
     shardings = jax.tree_util.tree_map(lambda a: a.sharding, abstract)
-    step_fn = train.compile_train_step(
-        train.make_train_step(make_apply_fn(model), tx, lr_fn, sched, config), mesh, shardings
-    )
+    step_fn = step_lib.compile_train_step(step_lib.make_train_step(parts), mesh, shardings)
     state = init()
     for i in range(2):
         state, metrics = step_fn(state, _batch(mesh, i))
@@ -154,7 +145,7 @@ def test_state_is_donated_on_accelerators_only():
     the state's memory. The caller may override either way."""
 
     mesh = parallel.data_mesh()
-    assert train.donate_by_default(mesh) is (jax.devices()[0].platform != "cpu")
+    assert step_lib.donate_by_default(mesh) is (jax.devices()[0].platform != "cpu")
 
     def step(state, batch):
         return {"w": state["w"] + batch["image"].sum()}, {"loss": batch["image"].mean()}
@@ -162,7 +153,7 @@ def test_state_is_donated_on_accelerators_only():
     state = {"w": jnp.zeros((64, 64))}
     batch = parallel.global_batch(mesh, {"image": np.ones((8, 2), np.float32)})
     for donate in (None, True, False):
-        fn = train.compile_train_step(step, mesh, donate=donate)
+        fn = step_lib.compile_train_step(step, mesh, donate=donate)
         aliased = fn.lower(state, batch).compile().memory_analysis().alias_size_in_bytes
-        expect = train.donate_by_default(mesh) if donate is None else donate
+        expect = step_lib.donate_by_default(mesh) if donate is None else donate
         assert (aliased > 0) is expect

@@ -1,7 +1,7 @@
 """The experiment configuration: one `ml_collections.ConfigDict` with every key a run reads.
 
-    from diffusion_jax.configs.base import base_config
-    def get_config():                      # experiments/configs/<name>.py
+    from diffusion_jax.configs import base_config
+    def get_config():                      # a preset, or an experiment's own file
         config = base_config()
         config.data.dataset = "cifar10"
         return config

@@ -3,15 +3,22 @@ p(x_{t-1}|x_t) and the conversions between the network's parameterisations.
 
     from diffusion_jax.core import diffusion, schedules
     sched = schedules.make_schedule("linear", 1000)
-    x_t = diffusion.q_sample(sched, x_0, t, noise)                  # [B, H, W, C]
-    out = diffusion.p_mean_variance(sched, apply_fn(params, x_t, t), x_t, t,
+    x_t = diffusion.q_sample(sched, x_0, t, noise=eps)              # [B, H, W, C]
+    out = diffusion.p_mean_variance(sched, x_t, t, model_output=apply_fn(params, x_t, t),
                                     mean_type="eps", var_type="fixed_large")
-    x_prev = diffusion.p_sample(sched, out, t, noise)
+    x_prev = diffusion.p_sample(sched, out, t, noise=z)
 
-Every function takes the `Schedule` first, then arrays; `t` is an int array of shape [B] indexed
-from 0 (t=0 is the first diffusion step). Functions take the network's *output*, never the
-network, so they compose with jit, vmap and grad and with any model. Notation follows Ho et al.
-(2020): alpha_bar_t = prod_{s<=t} (1 - beta_s).
+Argument order: positional arguments are `schedule`, then the array the distribution is about
+(x_start for the forward process q(x_t|x_0) and the training targets; x_t for the posterior, the
+reverse process and the conversions predict_*), then `t`; every other array is keyword-only, so
+that two arrays can never be swapped silently. Functions that run the network take
+(apply_fn, params, schedule, x, t, ...) in the same way (see `losses`). `p_sample` takes the
+`p_mean_variance` dict in the place of x_t; `split_output` and the guidance helpers, which need no
+schedule, take at most one array positionally (`cfg_eps` and `cfg_output` none).
+
+`t` is an int array of shape [B] indexed from 0 (t=0 is the first diffusion step). Functions take
+the network's *output*, never the network, so they compose with jit, vmap and grad and with any
+model. Notation follows Ho et al. (2020): alpha_bar_t = prod_{s<=t} (1 - beta_s).
 """
 
 from __future__ import annotations
@@ -59,7 +66,7 @@ def q_mean_variance(schedule: Schedule, x_start: jnp.ndarray, t: jnp.ndarray):
 
 
 def q_sample(
-    schedule: Schedule, x_start: jnp.ndarray, t: jnp.ndarray, noise: jnp.ndarray
+    schedule: Schedule, x_start: jnp.ndarray, t: jnp.ndarray, *, noise: jnp.ndarray
 ) -> jnp.ndarray:
     """x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, a draw from q(x_t | x_0)."""
     return (
@@ -69,7 +76,7 @@ def q_sample(
 
 
 def q_posterior_mean_variance(
-    schedule: Schedule, x_start: jnp.ndarray, x_t: jnp.ndarray, t: jnp.ndarray
+    schedule: Schedule, x_t: jnp.ndarray, t: jnp.ndarray, *, x_start: jnp.ndarray
 ):
     """q(x_{t-1} | x_t, x_0) = N(mu~_t, beta~_t I) with
     mu~_t = beta_t sqrt(alpha_bar_{t-1}) / (1 - alpha_bar_t) x_0
@@ -88,7 +95,7 @@ def q_posterior_mean_variance(
 # ----------------------------------------------------------------------------- parameterisations
 
 
-def predict_xstart_from_eps(schedule: Schedule, x_t, t, eps):
+def predict_xstart_from_eps(schedule: Schedule, x_t, t, *, eps):
     """x_0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t)."""
     return (
         _ex(schedule, "sqrt_recip_alphas_cumprod", t, x_t) * x_t
@@ -96,14 +103,14 @@ def predict_xstart_from_eps(schedule: Schedule, x_t, t, eps):
     )
 
 
-def predict_eps_from_xstart(schedule: Schedule, x_t, t, x_start):
+def predict_eps_from_xstart(schedule: Schedule, x_t, t, *, x_start):
     """eps = (x_t / sqrt(alpha_bar_t) - x_0) / sqrt(1 / alpha_bar_t - 1)."""
     return (_ex(schedule, "sqrt_recip_alphas_cumprod", t, x_t) * x_t - x_start) / _ex(
         schedule, "sqrt_recipm1_alphas_cumprod", t, x_t
     )
 
 
-def get_v(schedule: Schedule, x_start, eps, t):
+def get_v(schedule: Schedule, x_start, t, *, eps):
     """The velocity target (Salimans & Ho 2022):
     v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x_0."""
     return (
@@ -112,7 +119,7 @@ def get_v(schedule: Schedule, x_start, eps, t):
     )
 
 
-def predict_xstart_from_v(schedule: Schedule, x_t, t, v):
+def predict_xstart_from_v(schedule: Schedule, x_t, t, *, v):
     """x_0 = sqrt(alpha_bar_t) x_t - sqrt(1 - alpha_bar_t) v."""
     return (
         _ex(schedule, "sqrt_alphas_cumprod", t, x_t) * x_t
@@ -120,7 +127,7 @@ def predict_xstart_from_v(schedule: Schedule, x_t, t, v):
     )
 
 
-def predict_eps_from_v(schedule: Schedule, x_t, t, v):
+def predict_eps_from_v(schedule: Schedule, x_t, t, *, v):
     """eps = sqrt(1 - alpha_bar_t) x_t + sqrt(alpha_bar_t) v."""
     return (
         _ex(schedule, "sqrt_one_minus_alphas_cumprod", t, x_t) * x_t
@@ -128,32 +135,32 @@ def predict_eps_from_v(schedule: Schedule, x_t, t, v):
     )
 
 
-def predict_xstart(schedule: Schedule, mean_output, x_t, t, mean_type: MeanType):
-    """x_0 implied by the mean part of the network's output under `mean_type`."""
+def predict_xstart(schedule: Schedule, x_t, t, *, output, mean_type: MeanType):
+    """x_0 implied by `output`, the mean part of the network's output, under `mean_type`."""
     if mean_type == "eps":
-        return predict_xstart_from_eps(schedule, x_t, t, mean_output)
+        return predict_xstart_from_eps(schedule, x_t, t, eps=output)
     if mean_type == "x0":
-        return mean_output
+        return output
     if mean_type == "v":
-        return predict_xstart_from_v(schedule, x_t, t, mean_output)
+        return predict_xstart_from_v(schedule, x_t, t, v=output)
     raise ValueError(f"Unknown mean_type {mean_type!r}; choose one of {MEAN_TYPES}.")
 
 
-def training_target(schedule: Schedule, x_start, noise, t, mean_type: MeanType):
+def training_target(schedule: Schedule, x_start, t, *, noise, mean_type: MeanType):
     """What the network regresses onto under `mean_type`: eps, x_0 or v."""
     if mean_type == "eps":
         return noise
     if mean_type == "x0":
         return x_start
     if mean_type == "v":
-        return get_v(schedule, x_start, noise, t)
+        return get_v(schedule, x_start, t, eps=noise)
     raise ValueError(f"Unknown mean_type {mean_type!r}; choose one of {MEAN_TYPES}.")
 
 
 # ----------------------------------------------------------------------------- reverse process
 
 
-def split_output(model_output: jnp.ndarray, x_t: jnp.ndarray, var_type: VarType):
+def split_output(model_output: jnp.ndarray, *, x_t: jnp.ndarray, var_type: VarType):
     """Splits a learned-variance output [..., 2C] into (mean part, variance values), each [..., C];
     returns (model_output, None) for fixed variances. Checks the channel count either way."""
     channels = x_t.shape[-1]
@@ -175,10 +182,10 @@ def split_output(model_output: jnp.ndarray, x_t: jnp.ndarray, var_type: VarType)
 
 def p_mean_variance(
     schedule: Schedule,
-    model_output: jnp.ndarray,
     x_t: jnp.ndarray,
     t: jnp.ndarray,
     *,
+    model_output: jnp.ndarray,
     mean_type: MeanType = "eps",
     var_type: VarType = "fixed_small",
     clip_denoised: bool = True,
@@ -195,7 +202,7 @@ def p_mean_variance(
     Returns a dict of mean, variance, log_variance and pred_xstart, each shaped like x_t.
     """
     check_types(mean_type, var_type)
-    mean_output, var_values = split_output(model_output, x_t, var_type)
+    mean_output, var_values = split_output(model_output, x_t=x_t, var_type=var_type)
 
     if var_type == "learned":
         log_variance = var_values
@@ -214,12 +221,12 @@ def p_mean_variance(
         variance = jnp.broadcast_to(_ex(schedule, var_name, t, x_t), x_t.shape)
         log_variance = jnp.broadcast_to(_ex(schedule, log_name, t, x_t), x_t.shape)
 
-    pred_xstart = predict_xstart(schedule, mean_output, x_t, t, mean_type)
+    pred_xstart = predict_xstart(schedule, x_t, t, output=mean_output, mean_type=mean_type)
     if denoised_fn is not None:
         pred_xstart = denoised_fn(pred_xstart)
     if clip_denoised:
         pred_xstart = jnp.clip(pred_xstart, -1.0, 1.0)
-    mean, _, _ = q_posterior_mean_variance(schedule, pred_xstart, x_t, t)
+    mean, _, _ = q_posterior_mean_variance(schedule, x_t, t, x_start=pred_xstart)
     return {
         "mean": mean,
         "variance": variance,
@@ -229,7 +236,7 @@ def p_mean_variance(
 
 
 def p_sample(
-    schedule: Schedule, out: dict[str, jnp.ndarray], t: jnp.ndarray, noise: jnp.ndarray
+    schedule: Schedule, out: dict[str, jnp.ndarray], t: jnp.ndarray, *, noise: jnp.ndarray
 ) -> jnp.ndarray:
     """One ancestral step x_{t-1} = mu + exp(log_variance / 2) noise, with no noise at t=0.
 
@@ -249,9 +256,10 @@ def model_timesteps(schedule: Schedule, t: jnp.ndarray) -> jnp.ndarray:
 
 def ddim_step(
     schedule: Schedule,
-    out: dict[str, jnp.ndarray],
     x_t: jnp.ndarray,
     t: jnp.ndarray,
+    *,
+    out: dict[str, jnp.ndarray],
     noise: jnp.ndarray,
     eta: float | jnp.ndarray = 0.0,
 ) -> jnp.ndarray:
@@ -264,7 +272,7 @@ def ddim_step(
               + sigma_t noise,
     with no noise at t=0. eta=0 is the deterministic DDIM; eta=1 is DDPM with beta~_t variance."""
     pred_xstart = out["pred_xstart"]
-    eps = predict_eps_from_xstart(schedule, x_t, t, pred_xstart)
+    eps = predict_eps_from_xstart(schedule, x_t, t, x_start=pred_xstart)
     alpha_bar = _ex(schedule, "alphas_cumprod", t, x_t)
     alpha_bar_prev = _ex(schedule, "alphas_cumprod_prev", t, x_t)
     sigma = (
@@ -280,13 +288,13 @@ def ddim_step(
 
 
 def ddim_reverse_step(
-    schedule: Schedule, out: dict[str, jnp.ndarray], x_t: jnp.ndarray, t: jnp.ndarray
+    schedule: Schedule, x_t: jnp.ndarray, t: jnp.ndarray, *, out: dict[str, jnp.ndarray]
 ) -> jnp.ndarray:
     """The deterministic DDIM step run forwards (eta 0, for inversion), x_t -> x_{t+1}:
     x_{t+1} = sqrt(alpha_bar_{t+1}) x_0_hat + sqrt(1 - alpha_bar_{t+1}) eps_hat, with eps_hat
     re-derived from x_t and x_0_hat as in `ddim_step` and alpha_bar_T = 0 (so x_T = eps_hat)."""
     pred_xstart = out["pred_xstart"]
-    eps = predict_eps_from_xstart(schedule, x_t, t, pred_xstart)
+    eps = predict_eps_from_xstart(schedule, x_t, t, x_start=pred_xstart)
     alpha_bar_next = _ex(schedule, "alphas_cumprod_next", t, x_t)
     return jnp.sqrt(alpha_bar_next) * pred_xstart + jnp.sqrt(1.0 - alpha_bar_next) * eps
 
@@ -294,43 +302,45 @@ def ddim_reverse_step(
 # ----------------------------------------------------------------------------- guidance
 
 
-def cfg_eps(eps_cond: jnp.ndarray, eps_uncond: jnp.ndarray, w) -> jnp.ndarray:
-    """Classifier-free guidance (Ho & Salimans 2022, eq. 6): eps~ = (1 + w) eps_c - w eps_u.
+def cfg_eps(*, cond: jnp.ndarray, uncond: jnp.ndarray, scale) -> jnp.ndarray:
+    """Classifier-free guidance (Ho & Salimans 2022, eq. 6): eps~ = (1 + w) eps_c - w eps_u, with
+    eps_c = `cond`, eps_u = `uncond` and w = `scale`.
 
     w=0 is the conditional model. The weights sum to 1, so the same mix of x_0 or v predictions
     gives the same guided sample: the formula applies to any `mean_type`."""
-    return (1.0 + w) * eps_cond - w * eps_uncond
+    return (1.0 + scale) * cond - scale * uncond
 
 
-def cfg_output(out_cond: jnp.ndarray, out_uncond: jnp.ndarray, w, var_type: VarType) -> jnp.ndarray:
+def cfg_output(*, cond: jnp.ndarray, uncond: jnp.ndarray, scale, var_type: VarType) -> jnp.ndarray:
     """`cfg_eps` on a whole network output: for a learned variance ([..., 2C]) only the mean
     channels are guided and the conditional variance channels are kept."""
     if not learns_variance(var_type):
-        return cfg_eps(out_cond, out_uncond, w)
-    channels = out_cond.shape[-1] // 2
-    guided = cfg_eps(out_cond[..., :channels], out_uncond[..., :channels], w)
-    return jnp.concatenate([guided, out_cond[..., channels:]], axis=-1)
+        return cfg_eps(cond=cond, uncond=uncond, scale=scale)
+    channels = cond.shape[-1] // 2
+    guided = cfg_eps(cond=cond[..., :channels], uncond=uncond[..., :channels], scale=scale)
+    return jnp.concatenate([guided, cond[..., channels:]], axis=-1)
 
 
-def condition_mean(mean: jnp.ndarray, variance: jnp.ndarray, grad: jnp.ndarray, s) -> jnp.ndarray:
+def condition_mean(mean: jnp.ndarray, *, variance: jnp.ndarray, grad: jnp.ndarray, scale):
     """Classifier guidance for ancestral sampling (Dhariwal & Nichol 2021, Alg. 1):
-    mu' = mu + s Sigma grad_x log p(y | x_t)."""
-    return mean + s * variance * grad
+    mu' = mu + s Sigma grad_x log p(y | x_t), s = `scale`, Sigma = `variance`."""
+    return mean + scale * variance * grad
 
 
-def condition_eps(eps: jnp.ndarray, grad: jnp.ndarray, s, alpha_bar: jnp.ndarray) -> jnp.ndarray:
+def condition_eps(eps: jnp.ndarray, *, grad: jnp.ndarray, scale, alpha_bar: jnp.ndarray):
     """Classifier guidance for DDIM (Dhariwal & Nichol 2021, Alg. 2):
-    eps' = eps - sqrt(1 - alpha_bar_t) s grad_x log p(y | x_t)."""
-    return eps - jnp.sqrt(1.0 - alpha_bar) * s * grad
+    eps' = eps - sqrt(1 - alpha_bar_t) s grad_x log p(y | x_t), s = `scale`."""
+    return eps - jnp.sqrt(1.0 - alpha_bar) * scale * grad
 
 
 def condition_score(
-    schedule: Schedule, out: dict[str, jnp.ndarray], x_t, t, grad: jnp.ndarray, s
+    schedule: Schedule, x_t, t, *, out: dict[str, jnp.ndarray], grad: jnp.ndarray, scale
 ) -> dict[str, jnp.ndarray]:
     """`condition_eps` applied to a `p_mean_variance` dict: eps_hat from (x_t, x_0_hat), guided,
     then x_0_hat re-derived from the guided eps (not clipped again) and the mean recomputed."""
-    eps = predict_eps_from_xstart(schedule, x_t, t, out["pred_xstart"])
-    eps = condition_eps(eps, grad, s, _ex(schedule, "alphas_cumprod", t, x_t))
-    pred_xstart = predict_xstart_from_eps(schedule, x_t, t, eps)
-    mean, _, _ = q_posterior_mean_variance(schedule, pred_xstart, x_t, t)
+    eps = predict_eps_from_xstart(schedule, x_t, t, x_start=out["pred_xstart"])
+    alpha_bar = _ex(schedule, "alphas_cumprod", t, x_t)
+    eps = condition_eps(eps, grad=grad, scale=scale, alpha_bar=alpha_bar)
+    pred_xstart = predict_xstart_from_eps(schedule, x_t, t, eps=eps)
+    mean, _, _ = q_posterior_mean_variance(schedule, x_t, t, x_start=pred_xstart)
     return {**out, "mean": mean, "pred_xstart": pred_xstart}

@@ -2,7 +2,7 @@
 in bits/dim (L_T, L_{t-1}, L_0), L_simple and the hybrid loss, and the full bound over all T steps.
 
     from diffusion_jax.core import losses
-    terms = losses.training_losses(apply_fn, params, sched, x_0, t, noise, rng=dropout_key,
+    terms = losses.training_losses(apply_fn, params, sched, x_0, t, noise=eps, rng=dropout_key,
                                    loss_type="mse")         # L_simple: terms["loss"] is [B]
     bpd = losses.calc_bpd_loop(apply_fn, params, sched, x_0, key,
                                mean_type="eps", var_type="fixed_large")
@@ -12,6 +12,15 @@ in bits/dim (L_T, L_{t-1}, L_0), L_simple and the hybrid loss, and the full boun
 `diffusion_jax.models.make_apply_fn`); it is given the original timestep of a respaced schedule
 (`Schedule.timestep_map`). Data live in [-1, 1], discretised to 256 levels. All per-example terms
 are means over dimensions ("mean_flat"), as in the reference implementations.
+
+Argument order, as in `diffusion`: positional arguments are `schedule`, then the array the
+distribution is about (x_start for the training targets and the bound of the forward process; x_t
+for the per-step terms, which compare posterior and reverse process at x_t), then `t`; every
+other array is keyword-only, so that two arrays can never be swapped silently. Functions that run
+the network take (apply_fn, params, schedule, x, t, ...) in the same way (`calc_bpd_loop` takes
+its `rng` key in the place of t). `normal_kl(mean1, logvar1, mean2, logvar2)` keeps the paper's
+positional order, and `discretized_gaussian_log_likelihood(x, *, means, log_scales)` takes the
+data first.
 """
 
 from __future__ import annotations
@@ -36,7 +45,8 @@ def mean_flat(x: jnp.ndarray) -> jnp.ndarray:
 
 
 def normal_kl(mean1, logvar1, mean2, logvar2):
-    """KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)), elementwise, in nats:
+    """KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)), elementwise, in nats (the paper's
+    positional order: the arguments are the two Gaussians, not arrays of one distribution):
     0.5 (-1 + logvar2 - logvar1 + e^(logvar1 - logvar2) + (mean1 - mean2)^2 e^(-logvar2)).
 
     Written with expm1 so that nearly equal variances (the prior term, where the KL is ~1e-5) do
@@ -72,11 +82,11 @@ def discretized_gaussian_log_likelihood(x, *, means, log_scales):
 
 def vb_terms_bpd(
     schedule: Schedule,
-    model_output: jnp.ndarray,
-    x_start: jnp.ndarray,
     x_t: jnp.ndarray,
     t: jnp.ndarray,
     *,
+    x_start: jnp.ndarray,
+    model_output: jnp.ndarray,
     mean_type: MeanType = "eps",
     var_type: VarType = "fixed_small",
     clip_denoised: bool = True,
@@ -85,12 +95,14 @@ def vb_terms_bpd(
     L_{t-1} = KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)) for t > 0, and the decoder
     L_0 = -log p(x_0 | x_1) for t = 0 (the discretised Gaussian likelihood).
     Returns {"output": [B], "pred_xstart": like x_t}."""
-    true_mean, _, true_log_variance = diffusion.q_posterior_mean_variance(schedule, x_start, x_t, t)
+    true_mean, _, true_log_variance = diffusion.q_posterior_mean_variance(
+        schedule, x_t, t, x_start=x_start
+    )
     out = diffusion.p_mean_variance(
         schedule,
-        model_output,
         x_t,
         t,
+        model_output=model_output,
         mean_type=mean_type,
         var_type=var_type,
         clip_denoised=clip_denoised,
@@ -115,18 +127,18 @@ def prior_bpd(schedule: Schedule, x_start: jnp.ndarray) -> jnp.ndarray:
 
 def losses_from_output(
     schedule: Schedule,
-    model_output: jnp.ndarray,
-    x_start: jnp.ndarray,
     x_t: jnp.ndarray,
     t: jnp.ndarray,
-    noise: jnp.ndarray,
     *,
+    x_start: jnp.ndarray,
+    noise: jnp.ndarray,
+    model_output: jnp.ndarray,
     loss_type: str = "mse",
     mean_type: MeanType = "eps",
     var_type: VarType = "fixed_large",
 ) -> dict[str, jnp.ndarray]:
     """Per-example training losses [B] from the network's output at (x_t, t),
-    where x_t = q_sample(x_0, eps).
+    where x_t = q_sample(x_start, t, noise=noise).
 
     loss_type:
       "mse":          L_simple, ||target - prediction||^2 averaged over dimensions (target eps,
@@ -148,40 +160,24 @@ def losses_from_output(
             "'learned'), or loss_type='mse' for L_simple with a fixed variance."
         )
     num_timesteps = schedule.num_timesteps
+    types = dict(mean_type=mean_type, var_type=var_type, clip_denoised=False)
     terms = {}
     if loss_type in ("kl", "rescaled_kl"):
-        vb = vb_terms_bpd(
-            schedule,
-            model_output,
-            x_start,
-            x_t,
-            t,
-            mean_type=mean_type,
-            var_type=var_type,
-            clip_denoised=False,
-        )["output"]
-        terms["vb"] = vb
-        terms["loss"] = vb * num_timesteps if loss_type == "rescaled_kl" else vb
+        vb = vb_terms_bpd(schedule, x_t, t, x_start=x_start, model_output=model_output, **types)
+        terms["vb"] = vb["output"]
+        terms["loss"] = terms["vb"] * num_timesteps if loss_type == "rescaled_kl" else terms["vb"]
         return terms
 
-    mean_output, var_values = diffusion.split_output(model_output, x_t, var_type)
+    mean_output, var_values = diffusion.split_output(model_output, x_t=x_t, var_type=var_type)
     if var_values is not None:
         # Only the variance learns from the bound: the mean is trained by the MSE alone.
         frozen = jnp.concatenate([jax.lax.stop_gradient(mean_output), var_values], axis=-1)
-        vb = vb_terms_bpd(
-            schedule,
-            frozen,
-            x_start,
-            x_t,
-            t,
-            mean_type=mean_type,
-            var_type=var_type,
-            clip_denoised=False,
-        )["output"]
+        vb = vb_terms_bpd(schedule, x_t, t, x_start=x_start, model_output=frozen, **types)
+        vb = vb["output"]
         if loss_type in ("rescaled_mse", "hybrid"):
             vb = vb * (num_timesteps / 1000.0)
         terms["vb"] = vb
-    target = diffusion.training_target(schedule, x_start, noise, t, mean_type)
+    target = diffusion.training_target(schedule, x_start, t, noise=noise, mean_type=mean_type)
     terms["mse"] = mean_flat(jnp.square(target - mean_output))
     terms["loss"] = terms["mse"] + terms["vb"] if "vb" in terms else terms["mse"]
     return terms
@@ -193,8 +189,8 @@ def training_losses(
     schedule: Schedule,
     x_start: jnp.ndarray,
     t: jnp.ndarray,
-    noise: jnp.ndarray,
     *,
+    noise: jnp.ndarray,
     y: jnp.ndarray | None = None,
     rng: jax.Array | None = None,
     train: bool = True,
@@ -206,17 +202,17 @@ def training_losses(
 
     `t` [B] are the timesteps (see `diffusion_jax.core.timestep_sampling` for uniform and importance
     sampled draws and their weights); `rng` drives dropout when `train`."""
-    x_t = diffusion.q_sample(schedule, x_start, t, noise)
+    x_t = diffusion.q_sample(schedule, x_start, t, noise=noise)
     model_output = apply_fn(
         params, x_t, diffusion.model_timesteps(schedule, t), y, rng=rng, train=train
     )
     return losses_from_output(
         schedule,
-        model_output,
-        x_start,
         x_t,
         t,
-        noise,
+        x_start=x_start,
+        noise=noise,
+        model_output=model_output,
         loss_type=loss_type,
         mean_type=mean_type,
         var_type=var_type,
@@ -245,7 +241,7 @@ def calc_bpd_loop(
     vb [B, T], xstart_mse [B, T] and mse [B, T] (eps MSE), each indexed by t (column t is step t,
     as in DDPM's code; improved-diffusion stores the same columns in reverse order)."""
     batch = x_start.shape[0]
-
+    types = dict(mean_type=mean_type, var_type=var_type, clip_denoised=clip_denoised)
     typed = jnp.issubdtype(rng.dtype, jax.dtypes.prng_key)
     per_example = rng.ndim == (1 if typed else 2)
 
@@ -258,19 +254,10 @@ def calc_bpd_loop(
     def term(_, t):
         noise = draw_noise(t)
         t_b = jnp.full((batch,), t, dtype=jnp.int32)
-        x_t = diffusion.q_sample(schedule, x_start, t_b, noise)
+        x_t = diffusion.q_sample(schedule, x_start, t_b, noise=noise)
         model_output = apply_fn(params, x_t, diffusion.model_timesteps(schedule, t_b), y)
-        out = vb_terms_bpd(
-            schedule,
-            model_output,
-            x_start,
-            x_t,
-            t_b,
-            mean_type=mean_type,
-            var_type=var_type,
-            clip_denoised=clip_denoised,
-        )
-        eps = diffusion.predict_eps_from_xstart(schedule, x_t, t_b, out["pred_xstart"])
+        out = vb_terms_bpd(schedule, x_t, t_b, x_start=x_start, model_output=model_output, **types)
+        eps = diffusion.predict_eps_from_xstart(schedule, x_t, t_b, x_start=out["pred_xstart"])
         xstart_mse = mean_flat(jnp.square(out["pred_xstart"] - x_start))
         return None, (out["output"], xstart_mse, mean_flat(jnp.square(eps - noise)))
 

@@ -1,8 +1,14 @@
-"""Evaluation of generative models.
+"""Evaluation of generative models, as the papers do it: sample quality and likelihood.
 
-`metrics`: FID, Inception Score, KID, precision/recall and statistics files. `inception`: FID's
-Inception-v3 in Flax with pytorch-fid's weights. `features`: the feature-extractor protocol and the
-classifier features for small data. `two_sample`: kernel MMD two-sample tests. The run-level
-functions (reference statistics, sample metrics, bits/dim over a dataset) are in
-`diffusion_jax.evaluation.evaluate`.
+    extractor = features.get_extractor("inception")
+    scores = evaluate.sample_metrics(samples_uint8, extractor, reference)   # fid, is, kid, ...
+    bpd.dataset_bpd(run, split="test")                                      # the NLL bound
+
+`evaluate` (reference statistics, sample metrics of a run), `bpd` (the bound in bits/dim over a
+split), `metrics` (FID, Inception Score, KID, statistics files), `precision_recall` (k-NN
+precision/recall), `two_sample` (kernel MMD tests), `extractor` (the extractor protocol and
+batching), `features` (the Inception and classifier extractors, dataset images), `inception`
+(FID's Inception-v3 in Flax), `inception_weights` (pytorch-fid's weights: fetched, converted,
+loaded). Evaluation may import core, configs, models, data, parallel, checkpoint, setup and
+sampling; never training (whose hooks call it), pretrained or the command line.
 """

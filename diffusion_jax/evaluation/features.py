@@ -1,27 +1,23 @@
-"""Feature extractors for the sample-quality metrics: images in, (features, logits) out.
+"""The feature extractors of the sample-quality metrics: images in, (features, logits) out.
 
     extractor = features.get_extractor("inception")                    # FID's Inception-v3
     extractor = features.get_extractor("classifier", workdir="runs/digits_features")
     feats, logits = extractor(images_uint8)                            # [N, D], [N, K] float64
+    for images, labels in features.dataset_images(config.data, split="train"): ...
 
-An extractor is anything with ``name``, ``feature_dim``, ``num_logits`` and
-``__call__(images) -> (features, logits)``, where ``images`` are uint8 [N, H, W, C] as
-`generate.save_samples` writes them. FID, KID and precision/recall use the features, the
-Inception Score the logits. Statistics are only comparable between sets seen by the same extractor,
-so reference files record its ``name`` and `evaluate` refuses a mismatch.
-
-`BatchedExtractor` runs a jitted batch function over fixed-size batches (the last one padded, so
-one shape compiles) with the batch split over every local device. `classifier_extractor` wraps a
-`train-classifier` run (e.g. experiments/configs/digits_features.py): the CPU-scale experiments'
-stand-in for Inception, which knows nothing of 8x8 digits.
+Both are `extractor.BatchedExtractor`s (the protocol and the batching are in `extractor`).
+`inception_extractor` is FID's Inception-v3 (`inception`) with pytorch-fid's converted weights
+(`inception_weights`). `classifier_extractor` wraps a `train-classifier` run (e.g.
+diffusion_jax/configs/digits_features.py): the CPU-scale experiments' stand-in for Inception, which
+knows nothing of 8x8 digits. `dataset_images` gives a dataset split as uint8 images.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable, Iterator
+import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -29,80 +25,32 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-
-class FeatureExtractor(Protocol):
-    name: str
-    feature_dim: int
-    num_logits: int
-
-    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
-
-
-def local_mesh() -> jax.sharding.Mesh:
-    """A 1-D 'data' mesh over this process's devices (evaluation batches are per process)."""
-    return jax.sharding.Mesh(np.array(jax.local_devices()), ("data",))
+from diffusion_jax.evaluation import inception
+from diffusion_jax.evaluation.extractor import (
+    BatchedExtractor,
+    FeatureExtractor,
+    local_mesh,
+    round_up,
+)
+from diffusion_jax.evaluation.inception_weights import load_inception
+from diffusion_jax.sampling import runs
 
 
-def check_images(images: np.ndarray, what: str = "images") -> np.ndarray:
-    """uint8 [N, H, W, C] with C in (1, 3), or a ValueError that says what is wrong."""
-    images = np.asarray(images)
-    if images.ndim != 4 or images.shape[-1] not in (1, 3):
-        raise ValueError(
-            f"{what} must be [N, H, W, C] with C = 1 or 3 (NHWC, as `diffusion-jax sample` "
-            f"writes them); got shape {images.shape}."
-        )
-    if images.dtype != np.uint8:
-        raise ValueError(
-            f"{what} must be uint8 in 0..255 (as `diffusion-jax sample` writes them); got "
-            f"{images.dtype}. Convert floats in [-1, 1] with diffusion_jax.data.images.to_uint8."
-        )
-    return images
-
-
-@dataclasses.dataclass(frozen=True)
-class BatchedExtractor:
-    """Runs ``fn(uint8 [B, H, W, C]) -> (features [B, D], logits [B, K])`` over N images.
-
-    ``fn`` takes a host batch and splits it over its devices. Every call uses batches of exactly
-    ``batch_size`` (the last one padded, the padding dropped), so one shape compiles for any N;
-    N below ``batch_size`` is one batch of N rounded up to ``multiple`` (the device count). Batch
-    k is dispatched before batch k - 1 is copied back, so the devices stay busy."""
-
-    name: str
-    feature_dim: int
-    num_logits: int
-    fn: Callable[[np.ndarray], tuple[Any, Any]]
-    batch_size: int = 256
-    multiple: int = 1
-    progress: bool = False
-
-    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        images = check_images(images)
-        num = len(images)
-        batch = min(self.batch_size, -(-max(num, 1) // self.multiple) * self.multiple)
-        feats = np.empty((num, self.feature_dim), np.float64)
-        logits = np.empty((num, self.num_logits), np.float64)
-        starts = range(0, num, batch)
-        if self.progress:
-            from tqdm.auto import tqdm
-
-            starts = tqdm(starts, desc=f"features ({self.name})", unit="batch")
-        pending = []
-        for start in starts:
-            chunk = images[start : start + batch]
-            n = len(chunk)
-            if n < batch:
-                chunk = np.concatenate([chunk, np.zeros((batch - n, *chunk.shape[1:]), np.uint8)])
-            pending.append((start, n, self.fn(chunk)))
-            while len(pending) > 1 or (pending and start + batch >= num):
-                done, n_done, (f, lg) = pending.pop(0)
-                feats[done : done + n_done] = np.asarray(f)[:n_done]
-                logits[done : done + n_done] = np.asarray(lg)[:n_done]
-        return feats, logits
-
-
-def round_up(batch_size: int, multiple: int) -> int:
-    return -(-batch_size // multiple) * multiple
+def inception_extractor(
+    path: str | os.PathLike | None = None,
+    batch_size: int = 200,
+    *,
+    progress: bool = False,
+    devices=None,
+) -> BatchedExtractor:
+    """The FID feature extractor: loads the converted weights (`load_inception(path)`) and
+    splits each batch over `devices` (default: this process's devices). `batch_size` is rounded
+    up to a multiple of the device count."""
+    module, variables = load_inception(path)
+    devices = jax.local_devices() if devices is None else list(devices)
+    fn = inception.make_inception_fn(module, variables, devices=devices)
+    dims, n = (inception.FEATURE_DIM, inception.NUM_LOGITS), len(devices)
+    return BatchedExtractor("inception-fid", *dims, fn, round_up(batch_size, n), n, progress)
 
 
 def classifier_extractor(
@@ -112,12 +60,8 @@ def classifier_extractor(
 
     Images are scaled to [-1, 1] as the data pipeline does; their shape must be the classifier's
     input shape (a ValueError says which it expects)."""
-    from diffusion_jax.models.classifier import NoisyClassifier
-    from diffusion_jax.training import classifier as classifier_train
-
-    module, params = classifier_train.load_classifier(workdir)
-    assert isinstance(module, NoisyClassifier)
-    shape = _classifier_shape(workdir)
+    module, params = runs.load_classifier(workdir)
+    shape = tuple(runs.saved_config(workdir, "train-classifier")["classifier"]["image_shape"])
     feature_dim = module.ch * module.ch_mult[-1]
 
     @jax.jit
@@ -147,13 +91,6 @@ def classifier_extractor(
     )
 
 
-def _classifier_shape(workdir: str | Path) -> tuple[int, ...]:
-    from diffusion_jax import checkpoint
-
-    with checkpoint.Checkpointer(workdir, read_only=True) as ckpt:
-        return tuple(ckpt.restore_config()["classifier"]["image_shape"])
-
-
 EXTRACTORS = ("inception", "classifier")
 
 
@@ -168,15 +105,13 @@ def get_extractor(
     """ "inception" (FID's Inception-v3; `weights` = the converted file, default cache path) or
     "classifier" (a train-classifier run in `workdir`)."""
     if kind == "inception":
-        from diffusion_jax.evaluation import inception
-
-        return inception.inception_extractor(weights, batch_size=batch_size, progress=progress)
+        return inception_extractor(weights, batch_size=batch_size, progress=progress)
     if kind == "classifier":
         if not workdir:
             raise ValueError(
                 "Classifier features need the classifier's run directory: --feature_workdir "
                 "runs/digits_features (train it with diffusion-jax train-classifier --config "
-                "experiments/configs/digits_features.py --workdir runs/digits_features)."
+                "diffusion_jax/configs/digits_features.py --workdir runs/digits_features)."
             )
         return classifier_extractor(workdir, batch_size=batch_size, progress=progress)
     raise ValueError(f"Unknown feature extractor {kind!r}: use one of {EXTRACTORS}.")

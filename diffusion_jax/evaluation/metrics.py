@@ -1,6 +1,5 @@
-"""Sample-quality metrics over feature arrays: FID, Inception Score, KID, precision and recall.
+"""Sample-quality metrics over feature arrays: FID, Inception Score, KID and statistics files.
 
-    from diffusion_jax.evaluation import metrics
     acc = metrics.StatsAccumulator()
     for batch in feature_batches:                     # e.g. [B, 2048] Inception pool features
         acc.update(batch)
@@ -9,23 +8,19 @@
     fid = metrics.frechet_distance(mu, sigma, mu_ref, sigma_ref)
     is_mean, is_std = metrics.inception_score(logits, splits=10)
     kid_mean, kid_std = metrics.kernel_inception_distance(real_features, fake_features)
-    precision, recall = metrics.precision_recall(real_features, fake_features, k=3)
 
 Everything here takes features (or classifier logits) that some extractor already produced; the
 numbers are only comparable with published ones when the extractor is the same (Inception-v3 pool3
-for FID / KID / precision-recall, its logits for IS). Means, covariances, FID, IS and KID are
-computed in float64 numpy; the pairwise distances of precision / recall (50k x 50k at full size)
-run as jitted JAX blocks. KID's unbiased MMD^2 is `two_sample`'s estimator with a cubic kernel.
+for FID / KID, its logits for IS). Means, covariances, FID, IS and KID are computed in float64
+numpy; KID's unbiased MMD^2 is `two_sample`'s estimator with a cubic kernel. Precision and recall
+are in `precision_recall`.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from diffusion_jax.evaluation import two_sample
@@ -34,22 +29,19 @@ FEATURE_KEYS = ("features", "feats")  # raw-feature npz files; "feats" is clean-
 _SAME_EXTRACTOR = "the reference statistics must come from the same feature extractor"
 
 
-def _as_features(x, name: str) -> np.ndarray:
+def as_features(x, name: str) -> np.ndarray:
     x = np.asarray(x)
     if x.ndim != 2 or len(x) == 0:
         raise ValueError(f"{name} must be a non-empty [N, D] array, got shape {x.shape}.")
     return x
 
 
-def _check_same_dim(d1: int, d2: int, what: str) -> None:
+def check_same_dim(d1: int, d2: int, what: str) -> None:
     if d1 != d2:
         raise ValueError(
             f"{what} have feature dimension {d1} and {d2}: {_SAME_EXTRACTOR} (and layer) as the "
             "features they are compared with."
         )
-
-
-# ----------------------------------------------------------------------------- statistics
 
 
 class StatsAccumulator:
@@ -65,7 +57,7 @@ class StatsAccumulator:
         self._m2: np.ndarray | None = None  # [D, D] sum of centred outer products
 
     def update(self, batch) -> None:
-        batch = _as_features(batch, "A feature batch").astype(np.float64)
+        batch = as_features(batch, "A feature batch").astype(np.float64)
         if not np.all(np.isfinite(batch)):
             raise ValueError("Features contain NaN or inf.")
         n_b, dim = batch.shape
@@ -75,7 +67,7 @@ class StatsAccumulator:
         if self._mean is None:
             self.num_samples, self._mean, self._m2 = n_b, mean_b, m2_b
             return
-        _check_same_dim(len(self._mean), dim, "Feature batches")
+        check_same_dim(len(self._mean), dim, "Feature batches")
         n_a = self.num_samples
         n = n_a + n_b
         delta = mean_b - self._mean
@@ -96,14 +88,11 @@ def feature_statistics(features, *, chunk_size: int = 10_000) -> tuple[np.ndarra
 
     Rows are converted to float64 `chunk_size` at a time, so a float32 array is never copied
     whole."""
-    features = _as_features(features, "features")
+    features = as_features(features, "features")
     acc = StatsAccumulator()
     for start in range(0, len(features), chunk_size):
         acc.update(features[start : start + chunk_size])
     return acc.result()
-
-
-# ----------------------------------------------------------------------------- FID
 
 
 def _check_stats(mu, sigma, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -147,16 +136,13 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     identical statistics; the result is clipped at 0."""
     mu1, sigma1 = _check_stats(mu1, sigma1, "First statistics")
     mu2, sigma2 = _check_stats(mu2, sigma2, "Second statistics")
-    _check_same_dim(len(mu1), len(mu2), "The two statistics")
+    check_same_dim(len(mu1), len(mu2), "The two statistics")
     root1 = _psd_sqrt(sigma1)
     s = root1 @ sigma2 @ root1
     tr_covmean = np.sum(np.sqrt(_clip_eigenvalues(np.linalg.eigvalsh((s + s.T) / 2.0))))
     diff = mu1 - mu2
     fid = diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr_covmean
     return float(max(fid, 0.0))
-
-
-# ----------------------------------------------------------------------------- Inception Score
 
 
 def _logsumexp(x: np.ndarray, axis: int) -> np.ndarray:
@@ -175,7 +161,7 @@ def inception_score(
     contiguous chunks (chunk i is rows [i N // splits, (i + 1) N // splits)), p(y) is the mean of
     p(y|x) within a chunk, and the mean and (population) std of the chunk scores are returned.
     `from_logits=False` takes probabilities [N, K] (rows are renormalised in float64)."""
-    x = _as_features(logits_or_probs, "logits_or_probs").astype(np.float64)
+    x = as_features(logits_or_probs, "logits_or_probs").astype(np.float64)
     n = len(x)
     if not 1 <= splits <= n:
         raise ValueError(f"splits must lie in [1, N = {n}], got {splits}.")
@@ -205,18 +191,15 @@ def inception_score(
     return float(np.mean(scores)), float(np.std(scores))
 
 
-# ----------------------------------------------------------------------------- KID
-
-
 def _cubic_kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """k(x, y) = (x.y / d + 1)^3, the polynomial kernel of KID."""
     return (a @ b.T / a.shape[1] + 1.0) ** 3
 
 
 def _kid_inputs(f_real, f_fake, subset_size: int):
-    f_real = _as_features(f_real, "f_real")
-    f_fake = _as_features(f_fake, "f_fake")
-    _check_same_dim(f_real.shape[1], f_fake.shape[1], "f_real and f_fake")
+    f_real = as_features(f_real, "f_real")
+    f_fake = as_features(f_fake, "f_fake")
+    check_same_dim(f_real.shape[1], f_fake.shape[1], "f_real and f_fake")
     m = min(subset_size, len(f_real), len(f_fake))
     if m < 2:
         raise ValueError(f"KID needs subsets of at least 2 samples, got subset size {m}.")
@@ -273,98 +256,6 @@ def kid_permutation_test(
     return observed, (exceed + 1) / (num_permutations + 1)
 
 
-# ----------------------------------------------------------------------------- precision / recall
-
-
-def _sq_dists(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
-    """|a_i|^2 + |b_j|^2 - 2 a_i.b_j, clipped at 0: [A, D], [B, D] -> [A, B]."""
-    # HIGHEST: on recent GPUs the default float32 matmul is TF32, ~1e-3 relative error.
-    ab = jnp.matmul(a, b.T, precision=jax.lax.Precision.HIGHEST)
-    d2 = jnp.sum(a * a, 1)[:, None] + jnp.sum(b * b, 1)[None, :] - 2.0 * ab
-    return jnp.maximum(d2, 0.0)
-
-
-@functools.partial(jax.jit, static_argnames="k")
-def _merge_knn(a, b, a_start, b_start, num_valid, nearest, *, k):
-    """Fold block b into `nearest` [A, k], the k smallest squared distances from each row of a to
-    other rows of the same set; a row's own column and padding columns (>= num_valid) are
-    excluded."""
-    d2 = _sq_dists(a, b)  # [A, B]
-    rows = a_start + jnp.arange(a.shape[0])[:, None]
-    cols = b_start + jnp.arange(b.shape[0])[None, :]
-    d2 = jnp.where((rows == cols) | (cols >= num_valid), jnp.inf, d2)
-    return -jax.lax.top_k(-jnp.concatenate([nearest, d2], 1), k)[0]
-
-
-@jax.jit
-def _merge_covered(q, r, radius2, covered):
-    """covered [Q] |= some row of r lies within its radius of the query row."""
-    return covered | jnp.any(_sq_dists(q, r) <= radius2[None, :], axis=1)
-
-
-def _padded(x: np.ndarray, block: int) -> jnp.ndarray:
-    dtype = jax.dtypes.canonicalize_dtype(np.float64)  # float32 unless jax_enable_x64
-    pad = -len(x) % block
-    return jnp.asarray(np.pad(np.asarray(x, dtype), ((0, pad), (0, 0))))
-
-
-def _knn_radii2(x: jnp.ndarray, num_valid: int, k: int, block: int) -> jnp.ndarray:
-    """Squared distance of each row to its k-th nearest other row, block by block: [P]."""
-    radii = []
-    for i in range(0, len(x), block):
-        nearest = jnp.full((block, k), jnp.inf, x.dtype)
-        for j in range(0, len(x), block):
-            nearest = _merge_knn(x[i : i + block], x[j : j + block], i, j, num_valid, nearest, k=k)
-        radii.append(nearest[:, k - 1])
-    return jnp.concatenate(radii)
-
-
-def _coverage(queries, q_block, num_queries, refs, r_block, radii2) -> float:
-    """The share of the first num_queries rows of `queries` inside some ball (ref, radius)."""
-    covered = []
-    for i in range(0, len(queries), q_block):
-        hit = jnp.zeros(q_block, bool)
-        for j in range(0, len(refs), r_block):
-            hit = _merge_covered(
-                queries[i : i + q_block], refs[j : j + r_block], radii2[j : j + r_block], hit
-            )
-        covered.append(hit)
-    return float(np.mean(np.asarray(jnp.concatenate(covered))[:num_queries]))
-
-
-def precision_recall(real, fake, k: int = 3, batch_size: int = 5000) -> tuple[float, float]:
-    """Improved precision and recall (Kynkaanniemi et al. 2019) of fake features [M, D] against
-    real features [N, D].
-
-    Each set's manifold is the union of balls around its points, of radius the distance to the
-    point's k-th nearest neighbour in the same set (the point itself excluded). Precision is the
-    share of fake points inside the real manifold, recall the share of real points inside the fake
-    manifold. Distances are exact (|a|^2 + |b|^2 - 2 a.b, clipped at 0), computed in jitted
-    [batch_size, batch_size] blocks so that memory stays bounded for 50k x 50k; float32 unless
-    jax_enable_x64 is set."""
-    real = _as_features(real, "real")
-    fake = _as_features(fake, "fake")
-    _check_same_dim(real.shape[1], fake.shape[1], "real and fake")
-    n, m = len(real), len(fake)
-    if not 1 <= k < min(n, m):
-        raise ValueError(
-            f"k must lie in [1, min(N_real, N_fake) - 1] = [1, {min(n, m) - 1}], got {k}."
-        )
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}.")
-    r_block, f_block = min(batch_size, n), min(batch_size, m)
-    real_p, fake_p = _padded(real, r_block), _padded(fake, f_block)
-    # Padding rows get radius -1 so that they cover nothing.
-    real_r2 = jnp.where(jnp.arange(len(real_p)) < n, _knn_radii2(real_p, n, k, r_block), -1.0)
-    fake_r2 = jnp.where(jnp.arange(len(fake_p)) < m, _knn_radii2(fake_p, m, k, f_block), -1.0)
-    precision = _coverage(fake_p, f_block, m, real_p, r_block, real_r2)
-    recall = _coverage(real_p, r_block, n, fake_p, f_block, fake_r2)
-    return precision, recall
-
-
-# ----------------------------------------------------------------------------- statistics files
-
-
 def save_statistics(path: str | os.PathLike, mu, sigma, **metadata) -> Path:
     """Write mu [D] and sigma [D, D] (float64) to an npz, with metadata such as num_images=50000,
     extractor="inception_v3_pool3", dataset="cifar10", split="train", and optionally the raw
@@ -376,8 +267,8 @@ def save_statistics(path: str | os.PathLike, mu, sigma, **metadata) -> Path:
                 f"Metadata must be strings, numbers or numeric arrays; {key!r} is not."
             )
     if "features" in metadata:
-        features = _as_features(metadata["features"], "features")
-        _check_same_dim(len(mu), features.shape[1], "mu and features")
+        features = as_features(metadata["features"], "features")
+        check_same_dim(len(mu), features.shape[1], "mu and features")
     path = Path(path)
     if path.suffix != ".npz":
         path = path.with_name(path.name + ".npz")
@@ -421,7 +312,7 @@ def load_statistics(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, di
         if "mu" in keys and "sigma" in keys:
             mu, sigma = _check_stats(data["mu"], data["sigma"], str(path))
             if feature_key is not None:
-                _check_same_dim(len(mu), metadata["features"].shape[1], f"{path}: mu and features")
+                check_same_dim(len(mu), metadata["features"].shape[1], f"{path}: mu and features")
             return mu, sigma, metadata
         if feature_key is not None:
             mu, sigma = feature_statistics(metadata["features"])

@@ -11,8 +11,8 @@ Usage::
     logits = classifier_apply(params, x_t, t)               # [B, num_classes], float32
     cond_fn = make_classifier_cond_fn(classifier_apply, params, scale=3.0)
     g = cond_fn(x_t, t_model, y)        # scale * grad_x log p(y | x_t, t), [B, H, W, C]
-    x0 = sampling.sample_ancestral(apply_fn, model_params, sched, shape, key, y=y,
-                                   cond_fn=cond_fn)  # classifier_scale=1: the 3.0 is in cond_fn
+    x0 = samplers.sample_ancestral(apply_fn, model_params, sched, shape, key, y=y,
+                                   guidance=Guidance(cond_fn=cond_fn))  # the 3.0 is in cond_fn
     # The samplers give y to the network too; to guide an unconditional network, drop it there
     # (as `generate.generate` does):
     uncond_fn = lambda p, x, t, y=None, **kw: apply_fn(p, x, t, None, **kw)
@@ -149,15 +149,15 @@ def make_classifier_cond_fn(
 ) -> CondFn:
     """``cond_fn(x_t, t_model, y) = scale * grad_{x_t} log p(y | x_t, t_model)``, [B, ...].
 
-    This is the ``cond_fn`` the samplers accept (``sampling.sample_ancestral(..., cond_fn=...)``).
+    This is the ``cond_fn`` the samplers accept (``samplers.Guidance(cond_fn=...)``).
     As in improved-diffusion, the returned gradient already carries ``scale``; the samplers'
     ``classifier_scale`` multiplies it again (mu' = mu + classifier_scale * Sigma * cond_fn, DDIM:
     eps' = eps - sqrt(1 - alpha_bar) * classifier_scale * cond_fn), so set the guidance scale in
     one place and leave the other at 1. ``t_model`` is the original timestep
     (``diffusion.model_timesteps``), ``y`` [B] int the target classes.
 
-    The samplers take ``cond_fn`` as a static argument: build it once and reuse it, since a new
-    closure means a new compilation (and ``params`` are compiled in as constants).
+    The samplers take ``cond_fn`` as a static part of ``Guidance``: build it once and reuse it,
+    since a new closure means a new compilation (and ``params`` are compiled in as constants).
 
     The gradient is taken of the *sum* over the batch of log p(y_i | x_i): each example's
     log-probability depends on its own x_i only (GroupNorm, attention and pooling are per

@@ -1,17 +1,20 @@
-"""Builds the network a config names: `model = create_model(config, example_shape)`.
+"""Builds the networks a config names.
 
 model = create_model(config, (32, 32, 3))     # the DDPM U-Net of config.model
 model = create_model(config, (2,))            # config.model.name == "mlp": the toy MLP
+clf = create_classifier(config.classifier, num_classes=10)   # the noise-aware classifier
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from diffusion_jax.core.diffusion import learns_variance
+from diffusion_jax.models.classifier import NoisyClassifier
 from diffusion_jax.models.mlp import MLPDenoiser
 from diffusion_jax.models.unet import UNet
 
@@ -52,3 +55,20 @@ def create_model(config, example_shape: Sequence[int]) -> nn.Module:
             dropout=m.dropout,
         )
     raise ValueError(f"Unknown model.name {m.name!r}; choose 'unet' or 'mlp'.")
+
+
+def create_classifier(classifier_config: Any, num_classes: int) -> NoisyClassifier:
+    """The `NoisyClassifier` of a `config.classifier` section (a ConfigDict or a dict)."""
+    c = classifier_config if isinstance(classifier_config, dict) else classifier_config.to_dict()
+    dtype = c.get("dtype", "float32")
+    if dtype not in _DTYPES:
+        raise ValueError(f"classifier.dtype must be one of {sorted(_DTYPES)}, got {dtype!r}.")
+    return NoisyClassifier(
+        num_classes=int(num_classes),
+        ch=int(c["ch"]),
+        ch_mult=tuple(c["ch_mult"]),
+        num_res_blocks=int(c["num_res_blocks"]),
+        attn_resolutions=tuple(c["attn_resolutions"]),
+        dropout=float(c["dropout"]),
+        dtype=_DTYPES[dtype],
+    )

@@ -3,9 +3,10 @@
     diffusion-jax import-weights --from ddpm-cifar10-32 --out runs/ddpm_cifar10
     diffusion-jax sample --workdir runs/ddpm_cifar10 --num 64 --sampler ddim --steps 50
 
-    config, tensors = pretrained.read_diffusers_checkpoint("ddpm-cifar10-32")  # folder, unet/, file
-    unet_kwargs, params = pretrained.convert_unet(config, tensors)    # UNet(**unet_kwargs), params
-    pretrained.import_weights("ddpm-church-256", "runs/church")       # a run directory
+    config, tensors = diffusers.read_diffusers_checkpoint("ddpm-cifar10-32")  # folder, unet/, file
+    unet_kwargs, params = diffusers.convert_unet(config, tensors)    # UNet(**unet_kwargs), params
+
+(`pretrained.importer` turns such a checkpoint into a run directory.)
 
 The checkpoints are google/ddpm-cifar10-32, -celebahq-256, -church-256, -bedroom-256 and -cat-256
 (Ho et al. 2020, converted from the TensorFlow originals): a folder with `config.json` and
@@ -22,15 +23,10 @@ proj_attn instead of to_q/to_k/to_v/to_out.0; both are read.
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
 import json
 import math
 import os
 import re
-import shutil
-import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,22 +36,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from diffusion_jax.checkpoint import Checkpointer, CheckpointError
-from diffusion_jax.core import schedules, timestep_sampling
 from diffusion_jax.models.layers import GROUPNORM_EPSILON, GROUPNORM_GROUPS
 from diffusion_jax.models.unet import UNet
-from diffusion_jax.training.state import create_train_state, make_optimizer
 
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
-PROVENANCE_FILE = "imported_from.json"
 DOWNLOAD_HINT = (
     "Download one first, e.g. `hf download google/ddpm-cifar10-32 --local-dir ddpm-cifar10-32` "
     "(pip install huggingface_hub), and pass that folder."
 )
-# experiments/configs/<name>.py per checkpoint family, chosen from the folder name.
-NAMED_CONFIGS = {"cifar": "cifar10", "celeba": "celebahq256", "celebahq": "celebahq256",
-                 "church": "lsun_church", "bedroom": "lsun_bedroom", "cat": "lsun_cat"}  # fmt: skip
-DEFAULT_256_CONFIG = "celebahq256"
 
 
 class PretrainedError(ValueError):
@@ -167,8 +155,33 @@ def ddpm_unet_kwargs(config: Mapping) -> dict[str, Any]:
         raise PretrainedError(
             f"config.json describes a {config['_class_name']}, not a UNet2DModel."
         )
-    unknown = sorted(k for k in config if not k.startswith("_") and k not in _DEFAULTS)
     c = {**_DEFAULTS, **{k: v for k, v in config.items() if k in _DEFAULTS}}
+    _raise_if(_field_problems(config, c))
+    channels = [int(n) for n in c["block_out_channels"]]
+    size = c["sample_size"]
+    size = size if isinstance(size, int) else (size[0] if len(set(size)) == 1 else None)
+    _raise_if(_structure_problems(c, channels, size))
+    attn_down = [i for i, name in enumerate(c["down_block_types"]) if name.startswith("Attn")]
+    _raise_if(_attention_problems(c, channels, attn_down))
+    ch = channels[0]
+    return dict(
+        ch=ch,
+        ch_mult=tuple(n // ch for n in channels),
+        num_res_blocks=int(c["layers_per_block"]),
+        attn_resolutions=tuple(size // 2**i for i in attn_down),
+        dropout=float(c["dropout"]),
+        resamp_with_conv=True,
+    )
+
+
+def _raise_if(problems: list[str]) -> None:
+    if problems:
+        raise _layout_error(problems)
+
+
+def _field_problems(config: Mapping, c: Mapping) -> list[str]:
+    """Fields that are unknown, missing, or not DDPM's values."""
+    unknown = sorted(k for k in config if not k.startswith("_") and k not in _DEFAULTS)
     bad = [f"unknown fields {unknown}"] if unknown else []
     for key in ("sample_size", "block_out_channels", "down_block_types", "up_block_types"):
         if not c[key]:
@@ -182,14 +195,18 @@ def ddpm_unet_kwargs(config: Mapping) -> dict[str, Any]:
         bad.append(f"act_fn={c['act_fn']!r} (DDPM: 'silu')")
     if c["attn_norm_num_groups"] not in (None, GROUPNORM_GROUPS):
         bad.append(f"attn_norm_num_groups={c['attn_norm_num_groups']!r} (DDPM: None)")
-    if bad:
-        raise _layout_error(bad)
+    return bad
 
-    channels = [int(n) for n in c["block_out_channels"]]
-    down, up, levels = list(c["down_block_types"]), list(c["up_block_types"]), len(channels)
-    size = c["sample_size"]
-    size = size if isinstance(size, int) else (size[0] if len(set(size)) == 1 else None)
-    ch = channels[0]
+
+def _structure_problems(c: Mapping, channels: list[int], size: int | None) -> list[str]:
+    """Levels, block types, widths and sizes that the DDPM U-Net cannot have."""
+    down, up, levels, ch = (
+        list(c["down_block_types"]),
+        list(c["up_block_types"]),
+        len(channels),
+        channels[0],
+    )
+    bad = []
     if len(down) != levels or len(up) != levels:
         bad.append(f"{levels} block_out_channels but {len(down)} down / {len(up)} up blocks")
     bad += [f"{kind} block type {name!r} (DDPM: one of {_BLOCKS[kind]})"
@@ -206,10 +223,13 @@ def ddpm_unet_kwargs(config: Mapping) -> dict[str, Any]:
         bad.append(f"out_channels={c['out_channels']} != in_channels={c['in_channels']}")
     if c["time_embedding_dim"] not in (None, 4 * ch):
         bad.append(f"time_embedding_dim={c['time_embedding_dim']} (DDPM: None, i.e. {4 * ch})")
-    if bad:
-        raise _layout_error(bad)
+    return bad
 
-    attn_down = [i for i, name in enumerate(down) if name.startswith("Attn")]
+
+def _attention_problems(c: Mapping, channels: list[int], attn_down: list[int]) -> list[str]:
+    """Attention that is not DDPM's: at other levels on the way up, or with several heads."""
+    levels, bad = len(channels), []
+    up = list(c["up_block_types"])
     attn_up = sorted(levels - 1 - k for k, name in enumerate(up) if name.startswith("Attn"))
     if attn_down != attn_up:
         bad.append(
@@ -223,16 +243,7 @@ def ddpm_unet_kwargs(config: Mapping) -> dict[str, Any]:
             f"attention_head_dim={head} makes {', '.join(f'{n} // {head}' for n in multi)} heads "
             "(DDPM: one head, attention_head_dim=None)"
         )
-    if bad:
-        raise _layout_error(bad)
-    return dict(
-        ch=ch,
-        ch_mult=tuple(n // ch for n in channels),
-        num_res_blocks=int(c["layers_per_block"]),
-        attn_resolutions=tuple(size // 2**i for i in attn_down),
-        dropout=float(c["dropout"]),
-        resamp_with_conv=True,
-    )
+    return bad
 
 
 def _layout_error(problems: Sequence[str]) -> PretrainedError:
@@ -373,248 +384,3 @@ def _describe(kwargs: Mapping) -> str:
         f"num_res_blocks={kwargs['num_res_blocks']}, "
         f"attention at {tuple(kwargs['attn_resolutions'])}"
     )
-
-
-# ----------------------------------------------------------------------------- the diffusion
-
-# diffusers scheduler names -> ours; the betas themselves are compared before they are accepted.
-_BETA_SCHEDULES = {"linear": "linear", "scaled_linear": "quadratic",
-                   "squaredcos_cap_v2": "cosine", "sigmoid": "sigmoid"}  # fmt: skip
-_VAR_TYPES = {"fixed_small": "fixed_small", "fixed_small_log": "fixed_small",
-              "fixed_large": "fixed_large", "fixed_large_log": "fixed_large"}  # fmt: skip
-_MEAN_TYPES = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
-
-
-def find_scheduler_config(model_dir: str | os.PathLike) -> Path | None:
-    """The scheduler_config.json that came with the model in `model_dir`, if any."""
-    model_dir = Path(model_dir)
-    folders = [model_dir, model_dir / "scheduler"]
-    if model_dir.name == "unet":  # a pipeline folder: unet/ and scheduler/ side by side
-        folders += [model_dir.parent / "scheduler", model_dir.parent]
-    return next(
-        (f / "scheduler_config.json" for f in folders if (f / "scheduler_config.json").is_file()),
-        None,
-    )
-
-
-def _diffusers_betas(name: str, num_timesteps: int, start: float, end: float) -> np.ndarray:
-    """The betas diffusers' schedulers compute (float64), to check that ours are the same."""
-    if name == "linear":
-        return np.linspace(start, end, num_timesteps)
-    if name == "scaled_linear":
-        return np.linspace(start**0.5, end**0.5, num_timesteps) ** 2
-    if name == "sigmoid":
-        return start + (end - start) / (1.0 + np.exp(-np.linspace(-6.0, 6.0, num_timesteps)))
-    u = np.arange(num_timesteps + 1) / num_timesteps  # squaredcos_cap_v2
-    alpha_bar = np.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2
-    return np.minimum(1.0 - alpha_bar[1:] / alpha_bar[:-1], 0.999)
-
-
-def diffusion_settings(scheduler: Mapping) -> dict[str, Any]:
-    """The `config.diffusion` values of a diffusers scheduler config (DDPMScheduler, ...):
-    num_timesteps, beta_schedule, mean_type, and var_type when the scheduler names one."""
-    steps = int(scheduler.get("num_train_timesteps", 1000))
-    name = scheduler.get("beta_schedule", "linear")
-    start, end = scheduler.get("beta_start", 1e-4), scheduler.get("beta_end", 0.02)
-    prediction = scheduler.get("prediction_type", "epsilon")
-    variance = scheduler.get("variance_type")
-    bad = []
-    if scheduler.get("trained_betas") is not None:
-        bad.append("trained_betas (an explicit list of betas)")
-    if name not in _BETA_SCHEDULES:
-        bad.append(f"beta_schedule={name!r} (supported: {sorted(_BETA_SCHEDULES)})")
-    else:
-        ours = schedules.get_beta_schedule(_BETA_SCHEDULES[name], steps)
-        if not np.allclose(ours, _diffusers_betas(name, steps, start, end), rtol=1e-6, atol=0):
-            bad.append(
-                f"{name} betas from {start} to {end} over {steps} steps (diffusion_jax's "
-                f"{_BETA_SCHEDULES[name]!r} schedule runs from {ours[0]:.4g} to {ours[-1]:.4g})"
-            )
-    if prediction not in _MEAN_TYPES:
-        bad.append(f"prediction_type={prediction!r} (supported: {sorted(_MEAN_TYPES)})")
-    if variance is not None and variance not in _VAR_TYPES:
-        bad.append(f"variance_type={variance!r} (supported: {sorted(_VAR_TYPES)})")
-    if bad:
-        raise PretrainedError(
-            "scheduler_config.json describes a diffusion diffusion_jax cannot reproduce: "
-            + "; ".join(bad)
-            + "."
-        )
-    settings = dict(
-        beta_schedule=_BETA_SCHEDULES[name],
-        num_timesteps=steps,
-        mean_type=_MEAN_TYPES[prediction],
-    )
-    if variance is not None:
-        settings["var_type"] = _VAR_TYPES[variance]
-    return settings
-
-
-# ----------------------------------------------------------------------------- the run
-
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "experiments" / "configs"
-
-
-def guess_config_name(model_dir: str | os.PathLike, image_size: int) -> str:
-    """The experiments/configs name for a checkpoint: from its folder's name (ddpm-church-256 ->
-    lsun_church), else cifar10 for 32x32 images and celebahq256 for larger ones."""
-    parts = Path(model_dir).absolute().parts  # symlinks kept: their names are the user's
-    names = [parts[-1]] + ([parts[-2]] if parts[-1] == "unet" else [])
-    if "snapshots" in parts[:-1]:  # the Hugging Face cache: models--google--ddpm-cat-256/...
-        names.append(parts[parts.index("snapshots") - 1])
-    for token in re.split(r"[^a-z0-9]+", " ".join(names).lower()):
-        for key, config_name in NAMED_CONFIGS.items():
-            if token == key or (len(key) > 3 and token.startswith(key)):
-                return config_name
-    return "cifar10" if image_size <= 32 else DEFAULT_256_CONFIG
-
-
-def load_training_config(name: str):
-    """(ConfigDict, file) of experiments/configs/<name>.py, or of a config file's path."""
-    file = Path(name) if name.endswith(".py") else CONFIG_DIR / f"{name}.py"
-    if not file.is_file():
-        known = sorted(p.stem for p in CONFIG_DIR.glob("*.py")) if CONFIG_DIR.is_dir() else []
-        raise PretrainedError(
-            f"No training config {name!r} ({file} does not exist). Pass --config with one of "
-            f"{known or ['...']} or the path of a config file."
-        )
-    spec = importlib.util.spec_from_file_location("_diffusion_jax_import_config", file)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(), file
-
-
-def _set(section, updates: Mapping[str, Any], prefix: str, changes: list[str]) -> None:
-    for key, value in updates.items():
-        old = section[key]
-        if isinstance(old, list | tuple):
-            value = type(old)(value)  # a ConfigDict field keeps its type
-        if old != value:
-            changes.append(f"{prefix}.{key}: {old!r} -> {value!r}")
-        section[key] = value
-
-
-def imported_config(checkpoint_config: Mapping, unet_kwargs: Mapping, scheduler, name: str):
-    """(training ConfigDict, its file, changes made): the named experiment config with the
-    checkpoint's architecture, image size and (if given) scheduler settings."""
-    config, file = load_training_config(name)
-    changes: list[str] = []
-    structural = ("ch", "ch_mult", "num_res_blocks", "attn_resolutions", "resamp_with_conv")
-    _set(config.model, {k: unet_kwargs[k] for k in structural}, "model", changes)
-    _set(config.model, dict(name="unet", num_classes=0), "model", changes)
-    _set(config.data, dict(image_size=image_shape(checkpoint_config)[0]), "data", changes)
-    if scheduler is not None:
-        _set(config.diffusion, diffusion_settings(scheduler), "diffusion", changes)
-    return config, file, changes
-
-
-def _train_state(config, params):
-    """A TrainState at step 0 whose params and EMA are both `params` (fresh optimizer state)."""
-    tx, _ = make_optimizer(config.optim)
-    _, state_key = jax.random.split(jax.random.PRNGKey(config.seed))  # as train.init_train_state
-    history = None
-    if config.diffusion.timestep_sampler == "importance":
-        history = timestep_sampling.init_loss_history(config.diffusion.num_timesteps)
-    # One compiled function: building the optimizer state leaf by leaf compiles once per shape.
-    return jax.jit(lambda p: create_train_state(p, tx, state_key, history))(params)
-
-
-def _refuse_existing(out: Path) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise PretrainedError(
-            f"{out} already exists and is not empty; importing never overwrites a run. Choose "
-            "another --out, or delete it first."
-        )
-
-
-def import_weights(
-    src: str | os.PathLike, out: str | os.PathLike, *, config_name: str | None = None
-) -> Path:
-    """Writes the run directory `out` from the checkpoint at `src`; returns `out`.
-
-    The run holds an orbax checkpoint (step 0, params = ema_params = the checkpoint's weights,
-    a fresh optimizer state) with the training config `config_name` (an experiments/configs
-    name or a .py path; default from `guess_config_name`) updated to the checkpoint's U-Net,
-    image size and scheduler_config.json, plus config.json and imported_from.json. It is
-    written to a temporary directory beside `out` and renamed, so a failed import leaves
-    nothing; an existing non-empty `out` is refused. `generate.load_run(out)` reads it."""
-    out = Path(out)
-    _refuse_existing(out)
-    weights = _weights_file(Path(src))
-    checkpoint_config, tensors = read_diffusers_checkpoint(weights)
-    kwargs, params = convert_unet(checkpoint_config, tensors)
-    del tensors
-    shape = image_shape(checkpoint_config)
-    scheduler_file = find_scheduler_config(weights.parent)
-    scheduler = json.loads(scheduler_file.read_text()) if scheduler_file else None
-    name = config_name or guess_config_name(weights.parent, shape[0])
-    config, config_file, changes = imported_config(checkpoint_config, kwargs, scheduler, name)
-    state = _train_state(config, params)
-    provenance = dict(
-        source=str(weights.absolute()),
-        diffusers_version=checkpoint_config.get("_diffusers_version"),
-        scheduler_config=str(scheduler_file.absolute()) if scheduler_file else None,
-        training_config=str(config_file),
-        changes=changes,
-        unet={k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()},
-        image_shape=list(shape),
-        num_params=int(sum(p.size for p in jax.tree_util.tree_leaves(params))),
-        step=0,
-        note="params and ema_params are both the imported weights (published as EMA weights)",
-    )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.importing-", dir=out.parent))
-    try:
-        with Checkpointer(tmp, async_save=False) as ckpt:
-            ckpt.save(0, state, config, force=True)
-        (tmp / "config.json").write_text(config.to_json_best_effort(indent=2))
-        (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2))
-        _refuse_existing(out)  # another process may have written it meanwhile
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
-
-
-def import_weights_main(argv: list[str]) -> int:
-    """`diffusion-jax import-weights --from DIR --out RUN [--config NAME]`."""
-    parser = argparse.ArgumentParser(
-        prog="diffusion-jax import-weights",
-        description="Import a published DDPM checkpoint (diffusers UNet2DModel folder: "
-        "config.json + diffusion_pytorch_model.safetensors or .bin) as a run directory that "
-        "`diffusion-jax sample --workdir OUT` reads.",
-    )
-    parser.add_argument(
-        "--from", dest="src", required=True, help="the model folder, its unet/, or a weights file"
-    )
-    parser.add_argument("--out", required=True, help="the run directory to create (must not exist)")
-    parser.add_argument(
-        "--config",
-        default=None,
-        help="training config: an experiments/configs name (cifar10, celebahq256, lsun_church, "
-        "lsun_bedroom, lsun_cat) or a .py file; default from the folder name and image size",
-    )
-    args = parser.parse_args(argv)
-    try:
-        out = import_weights(args.src, args.out, config_name=args.config)
-    except (PretrainedError, CheckpointError) as e:
-        print(f"diffusion-jax import-weights: error: {e}", file=sys.stderr)
-        return 1
-    info = json.loads((out / PROVENANCE_FILE).read_text())
-    unet, (h, w, c) = info["unet"], info["image_shape"]
-    attn = ", ".join(f"{r}x{r}" for r in unet["attn_resolutions"]) or "none"
-    print(f"Imported {info['source']} into {out}")
-    print(
-        f"  {info['num_params']:,} parameters: DDPM U-Net ch={unet['ch']}, "
-        f"ch_mult={tuple(unet['ch_mult'])}, {unet['num_res_blocks']} blocks per level, "
-        f"attention at {attn}, images {h}x{w}x{c}"
-    )
-    print(f"  training config: {info['training_config']}")
-    for change in info["changes"]:
-        print(f"    {change}")
-    if info["scheduler_config"] is None:
-        print("  no scheduler_config.json found: the config's diffusion settings are kept")
-    print("  params = ema_params = the imported (EMA) weights, at step 0")
-    print(f"Sample with: diffusion-jax sample --workdir {out} --sampler ddim --steps 50")
-    return 0

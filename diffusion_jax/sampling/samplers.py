@@ -1,31 +1,39 @@
 """Compiled samplers: ancestral (DDPM) and DDIM chains, each one `lax.fori_loop` / `lax.scan` over
 the pure reverse steps of `diffusion.py`, with classifier-free and classifier guidance.
 
+    from diffusion_jax.sampling import Denoiser, Guidance, samplers
     sched = schedules.make_schedule("linear", 1000, respacing="250")   # or the full schedule
-    x0 = sampling.sample_ancestral(apply_fn, params, sched, (16, 32, 32, 3), key,
-                                   mean_type="eps", var_type="fixed_large")
-    x0 = sampling.sample_ddim(apply_fn, params, schedules.make_schedule("linear", 1000,
+    x0 = samplers.sample_ancestral(apply_fn, params, sched, (16, 32, 32, 3), key,
+                                   denoiser=Denoiser(mean_type="eps", var_type="fixed_large"))
+    x0 = samplers.sample_ddim(apply_fn, params, schedules.make_schedule("linear", 1000,
                               respacing="ddim50"), (16, 32, 32, 3), key, eta=0.0)
     # classifier-free guidance (Ho & Salimans): one forward pass of batch 2B per step
-    x0 = sampling.sample_ddim(..., y=labels, cfg_scale=3.0, num_classes=10)
+    x0 = samplers.sample_ddim(..., y=labels, guidance=Guidance(cfg_scale=3.0, num_classes=10))
     # classifier guidance (Dhariwal & Nichol): cond_fn(x_t, t_model, y) = grad_x log p(y | x_t)
-    x0 = sampling.sample_ancestral(..., y=labels, cond_fn=cond_fn, classifier_scale=2.0)
+    x0 = samplers.sample_ancestral(..., y=labels,
+                                   guidance=Guidance(cond_fn=cond_fn, classifier_scale=2.0))
     # (y also goes to apply_fn: an unconditional network's apply_fn must accept and drop it)
-    x_T = sampling.ddim_invert(apply_fn, params, sched, x0)          # the eta=0 ODE, run forwards
-    frames = sampling.interpolate(apply_fn, params, sched, x_a, x_b, jnp.linspace(0, 1, 8))
-    x0, snapshots = sampling.progressive_x0(apply_fn, params, sched, shape, key, num_snapshots=10)
+    x_T = samplers.ddim_invert(apply_fn, params, sched, x0)          # the eta=0 ODE, run forwards
+    frames = samplers.interpolate(apply_fn, params, sched, x_a, x_b, jnp.linspace(0, 1, 8))
+    x0, snapshots = samplers.progressive_x0(apply_fn, params, sched, shape, key, num_snapshots=10)
 
-The network is given `Schedule.timestep_map[t]`, so a respaced schedule samples a network trained
-on the full process with fewer steps. Randomness: x_T comes from fold_in(rng, T) and the noise of
-step t from fold_in(rng, t), so a key reproduces a sample exactly, and the ancestral, DDIM and
-progressive samplers share their x_T for one key. Samples are in [-1, 1] when `clip_denoised`
-(images); use clip_denoised=False for other data. Unconditional samples from a class-conditional
-model: y = the null labels (`models.unet.null_labels(B, num_classes)`).
+`Denoiser` says how to read the network's output (mean and variance types, clipping of x_0_hat)
+and `Guidance` how to guide it; both are frozen and hashable, built once and validated on
+construction. The network is given `Schedule.timestep_map[t]`, so a respaced schedule samples a
+network trained on the full process with fewer steps. Randomness: x_T comes from
+fold_in(rng, T) and the noise of step t from fold_in(rng, t), so a key reproduces a sample
+exactly, and the ancestral, DDIM and progressive samplers share their x_T for one key. Samples
+are in [-1, 1] when `clip_denoised` (images); use Denoiser(clip_denoised=False) for other data.
+Unconditional samples from a class-conditional model: y = the null labels
+(`models.unet.null_labels(B, num_classes)`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import numbers
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -33,76 +41,107 @@ import jax.numpy as jnp
 from diffusion_jax.core import diffusion
 from diffusion_jax.core.schedules import Schedule
 
-_STATIC = ("apply_fn", "shape", "mean_type", "var_type", "clip_denoised", "num_classes", "cond_fn")
+_STATIC = ("apply_fn", "shape", "denoiser")
 
 
-def _model_output(apply_fn, params, schedule, x_t, t, y, *, var_type, cfg_scale, num_classes):
-    """The network's output at (x_t, step t [B]); with `cfg_scale` w, the classifier-free guided
-    output of one batched call on [x_t, x_t] with labels [y, null] (2B rows)."""
-    t_model = diffusion.model_timesteps(schedule, t)
-    if cfg_scale is None:
-        return apply_fn(params, x_t, t_model, y)
-    if y is None or num_classes is None:
-        raise ValueError(
-            "Classifier-free guidance (cfg_scale) needs class labels y and num_classes (the null "
-            "label is num_classes)."
-        )
-    null = jnp.full_like(y, num_classes)
-    both = apply_fn(
-        params,
-        jnp.concatenate([x_t, x_t]),
-        jnp.concatenate([t_model, t_model]),
-        jnp.concatenate([y, null]),
-    )
-    cond, uncond = jnp.split(both, 2)
-    return diffusion.cfg_output(cond, uncond, cfg_scale, var_type)
+@dataclasses.dataclass(frozen=True)
+class Denoiser:
+    """How to read the network's output, as `diffusion.p_mean_variance` does: what its mean
+    channels predict (`mean_type` eps, x0 or v), its variance (`var_type`; DDIM only uses it to
+    tell a learned-variance output apart) and whether x_0_hat is clipped to [-1, 1]
+    (`clip_denoised`: images). The samplers take it as a static argument."""
+
+    mean_type: diffusion.MeanType = "eps"
+    var_type: diffusion.VarType = "fixed_large"
+    clip_denoised: bool = True
+
+    def __post_init__(self):
+        diffusion.check_types(self.mean_type, self.var_type)
+        if not isinstance(self.clip_denoised, bool):
+            raise ValueError(f"clip_denoised must be True or False, got {self.clip_denoised!r}.")
 
 
-def _make_out_fn(
+@dataclasses.dataclass(frozen=True)
+class Guidance:
+    """Classifier-free guidance with weight `cfg_scale` w (`diffusion.cfg_output`; the null label
+    is `num_classes`): None (the default) is one plain network call per step, w=0 the same samples
+    from a doubled batch. Classifier guidance with `cond_fn(x_t, t_model, y)` ->
+    grad_x log p(y | x_t), times `classifier_scale`; off when `cond_fn` is None.
+
+    Hashable; also a pytree whose leaves are the two scales, which the samplers trace: a new scale
+    reuses the compiled sampler, a new `cond_fn` or `num_classes` compiles another."""
+
+    cfg_scale: float | None = None
+    num_classes: int | None = None
+    cond_fn: Callable | None = None
+    classifier_scale: float = 1.0
+
+    def __post_init__(self):
+        # (also runs when jax rebuilds the pytree: only the static fields are checked for values)
+        if self.cfg_scale is not None and self.num_classes is None:
+            raise ValueError(
+                "Classifier-free guidance (cfg_scale) needs num_classes (the null label is "
+                "num_classes) and class labels y."
+            )
+        if self.num_classes is not None and not (
+            isinstance(self.num_classes, numbers.Integral) and self.num_classes > 0
+        ):
+            raise ValueError(f"num_classes must be a positive int, got {self.num_classes!r}.")
+        if self.cond_fn is not None and not callable(self.cond_fn):
+            raise ValueError(f"cond_fn must be callable(x_t, t_model, y), got {self.cond_fn!r}.")
+
+
+jax.tree_util.register_dataclass(
+    Guidance, data_fields=["cfg_scale", "classifier_scale"], meta_fields=["num_classes", "cond_fn"]
+)
+
+
+def make_out_fn(
     apply_fn,
     params,
-    schedule,
-    y,
+    schedule: Schedule,
     *,
-    mean_type,
-    var_type,
-    clip_denoised,
-    cfg_scale=None,
-    num_classes=None,
-    cond_fn=None,
-    classifier_scale=1.0,
-    guide_eps=False,
+    y: jax.Array | None = None,
+    denoiser: Denoiser = Denoiser(),
+    guidance: Guidance = Guidance(),
+    guide_eps: bool = False,
 ):
-    """out_fn(x_t, t [B]) -> `p_mean_variance` dict, guided. Classifier guidance shifts the mean
-    (ancestral, `condition_mean`) or, with `guide_eps`, eps and x_0 (DDIM, `condition_score`)."""
+    """out_fn(x_t, t [B]) -> the `diffusion.p_mean_variance` dict of the network at step t, guided.
+    With `guidance.cfg_scale` the network runs once on [x_t, x_t] with labels [y, null] (2B rows);
+    classifier guidance shifts the mean (ancestral, `condition_mean`) or, with `guide_eps`, eps
+    and x_0_hat (DDIM, `condition_score`)."""
+    g = guidance
+    if g.cfg_scale is not None and y is None:
+        raise ValueError("Classifier-free guidance (cfg_scale) needs class labels y.")
+
+    def network(x_t, t_model):
+        if g.cfg_scale is None:
+            return apply_fn(params, x_t, t_model, y)
+        both = apply_fn(
+            params,
+            jnp.concatenate([x_t, x_t]),
+            jnp.concatenate([t_model, t_model]),
+            jnp.concatenate([y, jnp.full_like(y, g.num_classes)]),
+        )
+        cond, uncond = jnp.split(both, 2)
+        return diffusion.cfg_output(
+            cond=cond, uncond=uncond, scale=g.cfg_scale, var_type=denoiser.var_type
+        )
 
     def out_fn(x_t, t):
-        output = _model_output(
-            apply_fn,
-            params,
-            schedule,
-            x_t,
-            t,
-            y,
-            var_type=var_type,
-            cfg_scale=cfg_scale,
-            num_classes=num_classes,
-        )
+        t_model = diffusion.model_timesteps(schedule, t)
+        output = network(x_t, t_model)
         out = diffusion.p_mean_variance(
-            schedule,
-            output,
-            x_t,
-            t,
-            mean_type=mean_type,
-            var_type=var_type,
-            clip_denoised=clip_denoised,
+            schedule, x_t, t, model_output=output, **dataclasses.asdict(denoiser)
         )
-        if cond_fn is None:
+        if g.cond_fn is None:
             return out
-        grad = cond_fn(x_t, diffusion.model_timesteps(schedule, t), y)
+        grad, scale = g.cond_fn(x_t, t_model, y), g.classifier_scale
         if guide_eps:
-            return diffusion.condition_score(schedule, out, x_t, t, grad, classifier_scale)
-        mean = diffusion.condition_mean(out["mean"], out["variance"], grad, classifier_scale)
+            return diffusion.condition_score(schedule, x_t, t, out=out, grad=grad, scale=scale)
+        mean = diffusion.condition_mean(
+            out["mean"], variance=out["variance"], grad=grad, scale=scale
+        )
         return {**out, "mean": mean}
 
     return out_fn
@@ -122,7 +161,7 @@ def _ancestral_step(schedule, out_fn, rng, shape):
         t_b = jnp.full((shape[0],), t, jnp.int32)
         out = out_fn(x_t, t_b)
         noise = jax.random.normal(jax.random.fold_in(rng, t), shape, jnp.float32)
-        return diffusion.p_sample(schedule, out, t_b, noise), out["pred_xstart"]
+        return diffusion.p_sample(schedule, out, t_b, noise=noise), out["pred_xstart"]
 
     return step
 
@@ -136,37 +175,17 @@ def sample_ancestral(
     rng: jax.Array,
     *,
     y: jax.Array | None = None,
-    mean_type: str = "eps",
-    var_type: str = "fixed_large",
-    clip_denoised: bool = True,
-    cfg_scale: float | None = None,
-    num_classes: int | None = None,
-    cond_fn=None,
-    classifier_scale: float = 1.0,
+    denoiser: Denoiser = Denoiser(),
+    guidance: Guidance = Guidance(),
     x_T: jax.Array | None = None,
 ) -> jax.Array:
     """x_T ~ N(0, I), then x_{t-1} ~ p(x_{t-1} | x_t) for t = T-1, ..., 0; returns x_0 [shape].
 
     Step t draws its noise from fold_in(rng, t), so a sample does not depend on the batch it
-    shares a call with only through its own key split.
-    `cfg_scale` w (with `num_classes`): classifier-free guidance, `diffusion.cfg_output`; None
-    (the default) is one plain call per step, w=0 the same samples from a doubled batch.
-    `cond_fn(x_t, t_model, y)` -> grad_x log p(y | x_t): classifier guidance with scale
-    `classifier_scale`, mu + s Sigma grad (`diffusion.condition_mean`).
+    shares a call with only through its own key split. `guidance`: classifier-free guidance
+    (`diffusion.cfg_output`) and classifier guidance mu + s Sigma grad (`condition_mean`).
     `x_T`: start from this noise instead of drawing it."""
-    out_fn = _make_out_fn(
-        apply_fn,
-        params,
-        schedule,
-        y,
-        mean_type=mean_type,
-        var_type=var_type,
-        clip_denoised=clip_denoised,
-        cfg_scale=cfg_scale,
-        num_classes=num_classes,
-        cond_fn=cond_fn,
-        classifier_scale=classifier_scale,
-    )
+    out_fn = make_out_fn(apply_fn, params, schedule, y=y, denoiser=denoiser, guidance=guidance)
     step = _ancestral_step(schedule, out_fn, rng, shape)
     x_init = _x_init(rng, shape, schedule.num_timesteps, x_T)
     return jax.lax.fori_loop(0, schedule.num_timesteps, lambda i, x: step(i, x)[0], x_init)
@@ -182,33 +201,16 @@ def sample_ddim(
     *,
     y: jax.Array | None = None,
     eta: float = 0.0,
-    mean_type: str = "eps",
-    var_type: str = "fixed_large",
-    clip_denoised: bool = True,
-    cfg_scale: float | None = None,
-    num_classes: int | None = None,
-    cond_fn=None,
-    classifier_scale: float = 1.0,
+    denoiser: Denoiser = Denoiser(),
+    guidance: Guidance = Guidance(),
     x_T: jax.Array | None = None,
 ) -> jax.Array:
     """DDIM (Song et al. 2021): x_T ~ N(0, I) (or the given `x_T`), then `diffusion.ddim_step`
     for t = T-1, ..., 0; returns x_0 [shape]. eta=0 is deterministic given x_T. Usually run on a
-    respaced schedule ("ddim50", "ddimq50", "50"). `var_type` only tells a learned-variance output
-    apart (its variance channels are unused). Guidance as in `sample_ancestral`, except that
+    respaced schedule ("ddim50", "ddimq50", "50"). Guidance as in `sample_ancestral`, except that
     classifier guidance shifts eps: eps - sqrt(1 - alpha_bar_t) s grad (`condition_score`)."""
-    out_fn = _make_out_fn(
-        apply_fn,
-        params,
-        schedule,
-        y,
-        mean_type=mean_type,
-        var_type=var_type,
-        clip_denoised=clip_denoised,
-        cfg_scale=cfg_scale,
-        num_classes=num_classes,
-        cond_fn=cond_fn,
-        classifier_scale=classifier_scale,
-        guide_eps=True,
+    out_fn = make_out_fn(
+        apply_fn, params, schedule, y=y, denoiser=denoiser, guidance=guidance, guide_eps=True
     )
     num_timesteps = schedule.num_timesteps
 
@@ -216,12 +218,12 @@ def sample_ddim(
         t = num_timesteps - 1 - i
         t_b = jnp.full((shape[0],), t, jnp.int32)
         noise = jax.random.normal(jax.random.fold_in(rng, t), shape, jnp.float32)
-        return diffusion.ddim_step(schedule, out_fn(x_t, t_b), x_t, t_b, noise, eta)
+        return diffusion.ddim_step(schedule, x_t, t_b, out=out_fn(x_t, t_b), noise=noise, eta=eta)
 
     return jax.lax.fori_loop(0, num_timesteps, step, _x_init(rng, shape, num_timesteps, x_T))
 
 
-@functools.partial(jax.jit, static_argnames=("apply_fn", "mean_type", "var_type", "clip_denoised"))
+@functools.partial(jax.jit, static_argnames=("apply_fn", "denoiser"))
 def ddim_invert(
     apply_fn,
     params,
@@ -229,26 +231,16 @@ def ddim_invert(
     x0: jax.Array,
     *,
     y: jax.Array | None = None,
-    mean_type: str = "eps",
-    var_type: str = "fixed_large",
-    clip_denoised: bool = False,
+    denoiser: Denoiser = Denoiser(clip_denoised=False),
 ) -> jax.Array:
     """DDIM inversion: the eta=0 ODE run from data to noise, `diffusion.ddim_reverse_step` for
     t = 0, ..., T-1 (x_0 stands in for x at step 0, as in improved-diffusion); returns x_T, which
     `sample_ddim(..., eta=0, x_T=x_T)` decodes back to about x0 (closer with more steps)."""
-    out_fn = _make_out_fn(
-        apply_fn,
-        params,
-        schedule,
-        y,
-        mean_type=mean_type,
-        var_type=var_type,
-        clip_denoised=clip_denoised,
-    )
+    out_fn = make_out_fn(apply_fn, params, schedule, y=y, denoiser=denoiser)
 
     def step(t, x_t):
         t_b = jnp.full((x0.shape[0],), t, jnp.int32)
-        return diffusion.ddim_reverse_step(schedule, out_fn(x_t, t_b), x_t, t_b)
+        return diffusion.ddim_reverse_step(schedule, x_t, t_b, out=out_fn(x_t, t_b))
 
     return jax.lax.fori_loop(0, schedule.num_timesteps, step, jnp.asarray(x0, jnp.float32))
 
@@ -282,17 +274,16 @@ def interpolate(
     *,
     y: jax.Array | None = None,
     latents: bool = False,
-    mean_type: str = "eps",
-    var_type: str = "fixed_large",
-    clip_denoised: bool = True,
+    denoiser: Denoiser = Denoiser(),
 ) -> jax.Array:
     """Interpolates between images x_a and x_b [B, ...] (or, with `latents`, between two x_T):
     invert both with `ddim_invert`, `slerp` in x_T space at each of `lambdas` [L], decode with
-    DDIM eta 0 in one batch; returns [L, B, ...]. `y` [B] are the labels of a conditional model."""
-    kwargs = dict(mean_type=mean_type, var_type=var_type)
+    DDIM eta 0 in one batch; returns [L, B, ...]. `y` [B] are the labels of a conditional model.
+    The inversion never clips x_0_hat; `denoiser.clip_denoised` applies to the decoding."""
     if not latents:
-        x_a = ddim_invert(apply_fn, params, schedule, x_a, y=y, **kwargs)
-        x_b = ddim_invert(apply_fn, params, schedule, x_b, y=y, **kwargs)
+        unclipped = dataclasses.replace(denoiser, clip_denoised=False)
+        invert = functools.partial(ddim_invert, apply_fn, params, schedule, y=y, denoiser=unclipped)
+        x_a, x_b = invert(x_a), invert(x_b)
     x_T = slerp(x_a, x_b, lambdas)  # [L, B, ...]
     num = x_T.shape[0] * x_T.shape[1]
     labels = None if y is None else jnp.tile(jnp.asarray(y), x_T.shape[0])
@@ -304,9 +295,8 @@ def interpolate(
         jax.random.key(0),  # unused: eta=0 and x_T given
         y=labels,
         eta=0.0,
-        clip_denoised=clip_denoised,
+        denoiser=denoiser,
         x_T=x_T.reshape((num, *x_T.shape[2:])),
-        **kwargs,
     )
     return x0.reshape(x_T.shape)
 
@@ -321,13 +311,8 @@ def progressive_x0(
     *,
     num_snapshots: int,
     y: jax.Array | None = None,
-    mean_type: str = "eps",
-    var_type: str = "fixed_large",
-    clip_denoised: bool = True,
-    cfg_scale: float | None = None,
-    num_classes: int | None = None,
-    cond_fn=None,
-    classifier_scale: float = 1.0,
+    denoiser: Denoiser = Denoiser(),
+    guidance: Guidance = Guidance(),
 ) -> tuple[jax.Array, jax.Array]:
     """The ancestral chain of `sample_ancestral` (the same samples for the same key), also
     returning x_0_hat after steps round(k T / K), k = 1..K = `num_snapshots` (DDPM's progressive
@@ -337,19 +322,7 @@ def progressive_x0(
     num_timesteps = schedule.num_timesteps
     if not 1 <= num_snapshots <= num_timesteps:
         raise ValueError(f"num_snapshots must lie in [1, {num_timesteps}], got {num_snapshots}.")
-    out_fn = _make_out_fn(
-        apply_fn,
-        params,
-        schedule,
-        y,
-        mean_type=mean_type,
-        var_type=var_type,
-        clip_denoised=clip_denoised,
-        cfg_scale=cfg_scale,
-        num_classes=num_classes,
-        cond_fn=cond_fn,
-        classifier_scale=classifier_scale,
-    )
+    out_fn = make_out_fn(apply_fn, params, schedule, y=y, denoiser=denoiser, guidance=guidance)
     step = _ancestral_step(schedule, out_fn, rng, shape)
     ends = [round((k + 1) * num_timesteps / num_snapshots) for k in range(num_snapshots)]
     bounds = jnp.asarray([[0] + ends[:-1], ends], jnp.int32).T  # [K, 2]: steps [start, end)

@@ -1,8 +1,9 @@
-"""The training state pytree and the optimizer factory.
+"""The training state pytree, its sharded initialisation, and the guarded optimizer/EMA update.
 
-    tx, lr_fn = train_state.make_optimizer(config.optim)
-    state = train_state.create_train_state(params, tx, rng)   # train.py shards and jits this
-    state = state.replace(params=..., opt_state=...)          # replaced, never mutated
+    abstract, init = state.init_state(parts, mesh)   # parts = setup.diffusion_parts(config)
+    train_state = init()                             # created where its shardings say
+    train_state, grad_norm, finite = state.apply_gradients(train_state, grads, loss, parts.tx,
+        ema_decay=0.9999, ema_warmup=False, on_nonfinite="error")
 
 `TrainState` holds arrays only (no apply_fn, no optimizer object), so that it can be jitted,
 donated, sharded and checkpointed as it is: step, Flax parameters, their EMA, the Optax optimizer
@@ -11,13 +12,15 @@ state, the base PRNG key of the run, and the count of updates skipped for non-fi
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import struct
+
+from diffusion_jax import parallel
+from diffusion_jax.core import timestep_sampling as ts
 
 
 @struct.dataclass
@@ -47,53 +50,35 @@ def create_train_state(
     )
 
 
-def learning_rate_schedule(optim) -> Callable[[jax.Array], jax.Array]:
-    """Linear warmup from 0 over `warmup_steps`, then constant / cosine / linear decay to
-    `lr * final_lr_fraction` at `decay_steps` (DDPM: warmup 5,000 steps, then constant)."""
-    lr, warmup = float(optim.learning_rate), int(optim.warmup_steps)
-    kind = optim.schedule
-    if kind == "constant":
-        after = optax.constant_schedule(lr)
-    elif kind in ("cosine", "linear"):
-        decay = max(int(optim.decay_steps) - warmup, 1)
-        end = lr * float(optim.final_lr_fraction)
-        after = (
-            optax.cosine_decay_schedule(lr, decay, alpha=float(optim.final_lr_fraction))
-            if kind == "cosine"
-            else optax.linear_schedule(lr, end, decay)
-        )
-    else:
-        raise ValueError(
-            f"Unknown optim.schedule {kind!r}; choose 'constant', 'cosine' or 'linear'."
-        )
-    if warmup <= 0:
-        return after
-    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), after], [warmup])
+ON_NONFINITE = ("error", "skip")
 
 
-def make_optimizer(optim) -> tuple[optax.GradientTransformation, Callable]:
-    """Global-norm clipping, then Adam or AdamW with the schedule above. Returns (tx, lr_fn)."""
-    lr_fn = learning_rate_schedule(optim)
-    if optim.optimizer == "adam":
-        opt = optax.adam(lr_fn, b1=optim.beta1, b2=optim.beta2, eps=optim.eps)
-    elif optim.optimizer == "adamw":
-        opt = optax.adamw(
-            lr_fn, b1=optim.beta1, b2=optim.beta2, eps=optim.eps, weight_decay=optim.weight_decay
-        )
-    else:
-        raise ValueError(f"Unknown optim.optimizer {optim.optimizer!r}; choose 'adam' or 'adamw'.")
-    parts = []
-    if optim.grad_clip and optim.grad_clip > 0:
-        parts.append(optax.clip_by_global_norm(optim.grad_clip))
-    parts.append(opt)
-    return optax.chain(*parts), lr_fn
+def new_state(parts: Any, params: Any) -> TrainState:
+    """A TrainState at step 0 for `parts` (`setup.Parts`) holding `params` (EMA = params), with a
+    fresh optimizer state, the run's base key and, when t is importance-sampled, an empty loss
+    history."""
+    history = None
+    if parts.kind == "diffusion" and parts.config.diffusion.timestep_sampler == "importance":
+        history = ts.init_loss_history(parts.config.diffusion.num_timesteps)
+    return create_train_state(params, parts.tx, parts.keys()[1], history)
 
 
-def check_on_nonfinite(training) -> None:
-    if training.on_nonfinite not in ("error", "skip"):
-        raise ValueError(
-            f"training.on_nonfinite must be 'error' or 'skip', got {training.on_nonfinite!r}."
-        )
+def init_state(parts: Any, mesh: jax.sharding.Mesh) -> tuple[Any, Any]:
+    """(abstract_state, init) for `parts` (`setup.Parts`) on `mesh`: shapes first (eval_shape),
+    then shardings (replicated, or split over the mesh's 'fsdp' axis: `parallel.state_shardings`),
+    then `init()`, a jitted init that creates the state where it lives. The abstract state's
+    ShapeDtypeStructs carry the shardings, ready for `Checkpointer.restore`."""
+    init_key, _ = parts.keys()
+
+    def init():
+        return new_state(parts, parts.init_params(init_key))
+
+    shapes = jax.eval_shape(init)
+    shardings = parallel.state_shardings(shapes, mesh)
+    abstract = jax.tree_util.tree_map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings
+    )
+    return abstract, (lambda: jax.jit(init, out_shardings=shardings)())
 
 
 def apply_gradients(
@@ -101,20 +86,25 @@ def apply_gradients(
     grads: Any,
     loss: jax.Array,
     tx: optax.GradientTransformation,
-    training,
+    *,
+    ema_decay: float,
+    ema_warmup: bool = False,
+    on_nonfinite: str = "error",
     **replace: Any,
 ) -> tuple[TrainState, jax.Array, jax.Array]:
     """The optimizer update and EMA of every train step, guarded: (state, grad_norm, finite).
 
     A step whose loss or gradient is not finite leaves params, EMA, optimizer state and the
-    `replace`d fields untouched and counts in `state.skipped`; with training.on_nonfinite ==
-    "error" every later step is frozen too, until the loop stops the run naming the step."""
+    `replace`d fields untouched and counts in `state.skipped`; with on_nonfinite == "error" every
+    later step is frozen too, until the loop stops the run naming the step."""
+    if on_nonfinite not in ON_NONFINITE:
+        raise ValueError(f"on_nonfinite must be one of {ON_NONFINITE}, got {on_nonfinite!r}.")
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    apply = finite if training.on_nonfinite == "skip" else finite & (state.skipped == 0)
+    apply = finite if on_nonfinite == "skip" else finite & (state.skipped == 0)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    decay = ema_decay(state.step, training.ema_decay, training.ema_warmup)
+    decay = ema_decay_at(state.step, ema_decay, ema_warmup)
     new = state.replace(
         params=params,
         ema_params=update_ema(state.ema_params, params, decay),
@@ -127,7 +117,7 @@ def apply_gradients(
     return state, grad_norm, finite
 
 
-def ema_decay(step: jax.Array, decay: float, warmup: bool) -> jax.Array:
+def ema_decay_at(step: jax.Array, decay: float, warmup: bool) -> jax.Array:
     """The EMA decay at `step`: fixed, or min(decay, (1 + step) / (10 + step)) when warmed up."""
     if not warmup:
         return jnp.asarray(decay, jnp.float32)

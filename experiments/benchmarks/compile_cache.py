@@ -31,14 +31,14 @@ def child(args) -> dict:
     import numpy as np
 
     from diffusion_jax import parallel, perf
-    from diffusion_jax.training import train
+    from diffusion_jax.training import step as step_lib
     from experiments.benchmarks import ours
 
     if args.cache_dir:
         perf.enable_compilation_cache(args.cache_dir, min_compile_time_s=0.0)
     config, shape = ours.load_model_config(args.model)
     mesh, _, step, _, init = ours.train_step_setup(config, shape, args.batch)
-    step_fn = train.compile_train_step(step, mesh)
+    step_fn = step_lib.compile_train_step(step, mesh)
     state = init()
     x = np.random.default_rng(0).uniform(-1, 1, (args.batch, *shape)).astype(np.float32)
     batch = parallel.global_batch(mesh, {"image": x})

@@ -1,14 +1,14 @@
 """The diffusion_jax side of the suite: the library's own train step, forward pass, samplers and
 FID Inception network, compiled ahead of time and timed on synthetic data.
 
-    config, shape = ours.load_model_config("cifar10")          # experiments/configs/cifar10.py
+    config, shape = ours.load_model_config("cifar10")          # a preset, or a .py file
     ours.bench_train(config, shape, batch=8, steps=5, warmup=1)  # a dict of measurements
     ours.bench_train(config, shape, batch=8, steps=5, warmup=1, scan=4)  # 4 steps per dispatch
     ours.bench_forward(config, shape, batch=8, steps=5, warmup=1)
     ours.bench_sample(config, shape, batch=8, sampler="ddim", sample_steps=10, steps=3, warmup=1)
     ours.bench_inception(batch=8, image_shape=(32, 32, 3), steps=3, warmup=1)
 
-The train step is `train.make_train_step` compiled by `train.compile_train_step` (state
+The train step is `step.make_train_step` compiled by `step.compile_train_step` (state
 replicated, donated on accelerators, batch split over every device), exactly as `diffusion-jax
 train` runs it.
 Each result holds the compile times, the step-time statistics, images/s, XLA's FLOPs per step
@@ -19,9 +19,7 @@ FLOPs from the jaxpr, the achieved FLOP/s and XLA's buffer sizes.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -29,55 +27,38 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from diffusion_jax import parallel
+from diffusion_jax import configs, parallel, setup
 from diffusion_jax.core import schedules
+from diffusion_jax.data import pipeline as data
 from diffusion_jax.models import count_params, make_apply_fn
-from diffusion_jax.models.factory import create_model
 from diffusion_jax.sampling import samplers as sampling
-from diffusion_jax.training import train
-from diffusion_jax.training.state import make_optimizer
+from diffusion_jax.training import state as state_lib
+from diffusion_jax.training import step as step_lib
 from experiments.benchmarks import measure
-
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-# Image shapes of datasets whose metadata would otherwise need a prepared TFDS dataset.
-_SHAPES = {"cifar10": (32, 32, 3), "celeb_a_hq": (256, 256, 3)}
-_SHAPES.update(
-    {name: (256, 256, 3) for name in ("lsun/church_outdoor", "lsun/bedroom", "lsun/cat")}
-)
 
 
 def load_model_config(name: str):
-    """(config, image shape) of experiments/configs/<name>.py (or a .py path)."""
-    path = Path(name) if name.endswith(".py") else CONFIG_DIR / f"{name}.py"
-    if not path.is_file():
-        known = sorted(p.stem for p in CONFIG_DIR.glob("*.py"))
-        raise SystemExit(f"No config {name!r} ({path}); choose one of {known} or a .py file.")
-    spec = importlib.util.spec_from_file_location(f"_bench_config_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
-    return config, image_shape(config)
+    """(config, image shape) of a preset (cifar10, celebahq256, lsun_church, digits, tiny, ...)
+    or a config file, without reading (or having prepared) the dataset."""
+    try:
+        config = configs.get_config(name)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+    return config, tuple(data.example_shape(config.data))
 
 
-def image_shape(config) -> tuple[int, ...]:
-    """The data shape of `config` without reading (or having prepared) the dataset."""
-    size = int(config.data.image_size)
-    dataset = config.data.dataset
-    if dataset in _SHAPES:
-        shape = _SHAPES[dataset]
-    else:
-        from diffusion_jax.data import pipeline as data
-
-        shape = data.dataset_info(config.data).shape
-    if size and len(shape) == 3:
-        shape = (size, size, shape[-1])
-    return tuple(shape)
+def bench_parts(config, shape, options: dict[str, Any] | None = None) -> setup.Parts:
+    """`setup.diffusion_parts(config, shape)` with any UNet attribute replaced by `options`."""
+    parts = setup.diffusion_parts(config, shape)
+    if not options:
+        return parts
+    model = parts.model.clone(**options)
+    return dataclasses.replace(parts, model=model, apply_fn=make_apply_fn(model))
 
 
 def build_model(config, shape, options: dict[str, Any] | None = None):
-    """`create_model(config, shape)` with any UNet attribute replaced by `options`."""
-    model = create_model(config, shape)
-    return model.clone(**options) if options else model
+    """The network of `bench_parts`."""
+    return bench_parts(config, shape, options).model
 
 
 def model_attributes(model) -> dict[str, Any]:
@@ -168,13 +149,9 @@ def train_step_setup(config, shape, batch: int, options: dict[str, Any] | None =
     config = config.copy_and_resolve_references()
     config.training.batch_size = batch
     mesh = parallel.data_mesh()
-    model = build_model(config, shape, options)
-    tx, lr_fn = make_optimizer(config.optim)
-    d = config.diffusion
-    sched = schedules.make_schedule(d.beta_schedule, d.num_timesteps)
-    abstract, init = train.init_train_state(config, model, tx, shape, mesh)
-    step_fn = train.make_train_step(make_apply_fn(model), tx, lr_fn, sched, config)
-    return mesh, model, step_fn, abstract, init
+    parts = bench_parts(config, shape, options)
+    abstract, init = state_lib.init_state(parts, mesh)
+    return mesh, parts.model, step_lib.make_train_step(parts), abstract, init
 
 
 def prepare_train(
@@ -192,10 +169,10 @@ def prepare_train(
     rep = parallel.replicated(mesh)
     batch_sharding = parallel.batch_sharding(mesh)
     images = _images(batch, shape)
-    donate = train.donate_by_default(mesh) if donate is None else donate
+    donate = step_lib.donate_by_default(mesh) if donate is None else donate
     if scan == 1:
         data = parallel.global_batch(mesh, {"image": images})
-        jitted = train.compile_train_step(step_fn, mesh, donate=donate)  # the library's own
+        jitted = step_lib.compile_train_step(step_fn, mesh, donate=donate)  # the library's own
     else:
         stacked = np.stack([_images(batch, shape, seed=i) for i in range(scan)])
         scan_sharding = NamedSharding(mesh, PartitionSpec(None, *batch_sharding.spec))
@@ -238,11 +215,11 @@ def prepare_train(
 
 def prepare_forward(config, shape, batch: int, *, options: dict | None = None) -> Prepared:
     """The network alone (eval mode: no dropout) on `batch` images at spread-out timesteps."""
-    model = build_model(config, shape, options)
-    apply_fn = make_apply_fn(model)
+    parts = bench_parts(config, shape, options)
+    model, apply_fn = parts.model, parts.apply_fn
     x = jnp.asarray(_images(batch, shape))
     t = jnp.arange(batch, dtype=jnp.int32) * (config.diffusion.num_timesteps // max(batch, 1))
-    params = jax.jit(model.init)(jax.random.key(0), x[:1], t[:1])["params"]
+    params = jax.jit(parts.init_params)(jax.random.key(0))
     flops_jaxpr = measure.jaxpr_flops(apply_fn, params, x, t)
     compiled, compile_times = measure.compile_timed(jax.jit(apply_fn), params, x, t)
 
@@ -276,14 +253,13 @@ def bench_sample(
 ) -> dict[str, Any]:
     """One compiled sampling chain (`sampling.sample_ancestral` / `sample_ddim`, a
     `lax.fori_loop`) of `sample_steps` respaced steps; per-step time = chain time / steps."""
-    model = build_model(config, shape, options)
-    apply_fn = make_apply_fn(model)
+    parts = bench_parts(config, shape, options)
+    apply_fn = parts.apply_fn
     d = config.diffusion
     sched = schedules.make_schedule(d.beta_schedule, d.num_timesteps, respacing=str(sample_steps))
-    x = jnp.zeros((1, *shape), jnp.float32)
-    params = jax.jit(model.init)(jax.random.key(0), x, jnp.zeros((1,), jnp.int32))["params"]
+    params = jax.jit(parts.init_params)(jax.random.key(0))
     fn = {"ancestral": sampling.sample_ancestral, "ddim": sampling.sample_ddim}[sampler]
-    kw = dict(mean_type=d.mean_type, var_type=d.var_type, clip_denoised=len(shape) == 3)
+    kw = dict(denoiser=sampling.Denoiser(d.mean_type, d.var_type, clip_denoised=len(shape) == 3))
     key = jax.random.key(1)
     full_shape = (batch, *shape)
     compiled, compile_times = measure.compile_timed(

@@ -15,7 +15,7 @@ import json
 
 import jax
 
-from diffusion_jax.training import train
+from diffusion_jax.training import step as step_lib
 from experiments.benchmarks import measure, ours
 
 
@@ -30,7 +30,7 @@ def main(argv=None) -> None:
         options = {"remat": remat} if remat else None
         mesh, _, step, abstract, _ = ours.train_step_setup(config, shape, args.batch, options)
         for donate in (True, False):
-            jitted = train.compile_train_step(step, mesh, donate=donate)
+            jitted = step_lib.compile_train_step(step, mesh, donate=donate)
             compiled = jitted.lower(abstract, images).compile()
             m = measure.xla_memory(compiled)
             row = {"model": args.model, "remat": remat or "none", "donate": donate,

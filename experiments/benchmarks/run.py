@@ -59,7 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--donate",
         choices=("auto", "yes", "no"),
         default="auto",
-        help="donate the train state (auto: the library's default, train.donate_by_default: "
+        help="donate the train state (auto: the library's default, step.donate_by_default: "
         "on accelerators, not on CPUs)",
     )
     p.add_argument(

@@ -4,7 +4,7 @@
 
 Each device count runs in its own process with
 XLA_FLAGS=--xla_force_host_platform_device_count=N (the flag must be set before JAX starts), the
-same config, seed and global batches, `train.compile_train_step` splitting each batch over the N
+same config, seed and global batches, `step.compile_train_step` splitting each batch over the N
 devices. The loss of every step and the parameters after the last one are compared with the
 1-device run (max |difference| <= --tol). On one machine the simulated devices share its cores,
 so the times show the cost of partitioning and of the gradient all-reduce at a fixed global
@@ -31,12 +31,12 @@ def child(args) -> dict:
     import numpy as np
 
     from diffusion_jax import parallel
-    from diffusion_jax.training import train
+    from diffusion_jax.training import step as step_lib
     from experiments.benchmarks import measure, ours
 
     config, shape = ours.load_model_config(args.model)
     mesh, _, step, _, init = ours.train_step_setup(config, shape, args.batch)
-    step_fn = train.compile_train_step(step, mesh)
+    step_fn = step_lib.compile_train_step(step, mesh)
     state = init()
     rng = np.random.default_rng(0)
     batches = [

@@ -195,12 +195,12 @@ def run_torch(workdir: Path) -> None:
 
 
 def run_jax(workdir: Path) -> None:
-    from diffusion_jax.evaluation import inception
+    from diffusion_jax.evaluation import inception, inception_weights
 
-    npz = inception.fetch_inception(
+    npz = inception_weights.fetch_inception(
         workdir / "weights.pth", workdir / "inception.npz", check_hash=False
     )
-    fn = inception.make_inception_fn(*inception.load_inception(npz))
+    fn = inception.make_inception_fn(*inception_weights.load_inception(npz))
     reference = np.load(workdir / "reference.npz")
     for size in (32, 299):
         pool, logits = (np.asarray(a) for a in fn(reference[f"images{size}"]))

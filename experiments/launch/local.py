@@ -1,7 +1,7 @@
 """Runs one command as N JAX processes on this machine: a local multi-process run.
 
     python experiments/launch/local.py --num_processes 2 --devices_per_process 4 -- \
-        diffusion-jax train --config experiments/configs/tiny.py --workdir runs/tiny_2x4
+        diffusion-jax train --config tiny --workdir runs/tiny_2x4
 
 Each process gets `--coordinator_address 127.0.0.1:PORT --num_processes N --process_id I`
 appended to the command (PORT: a free loopback port, or --port), and with --devices_per_process

@@ -8,5 +8,5 @@ cd "$(dirname "$0")/../.."
 WORKDIR="${1:-runs/tiny_2x4}"
 shift || true
 exec python experiments/launch/local.py --num_processes 2 --devices_per_process 4 -- \
-  python -m diffusion_jax train --config experiments/configs/tiny.py --workdir "$WORKDIR" \
+  python -m diffusion_jax train --config tiny --workdir "$WORKDIR" \
   --heartbeat_timeout 30 "$@"

@@ -8,7 +8,7 @@
 # Run from the repository root on an accelerator host with every local device in use:
 #   WORKDIR=runs/paper DATA_DIR=/data/tfds bash experiments/paper/cifar10_table1.sh
 #   MODE=pretrained PRETRAINED_DIR=/models/ddpm-cifar10-32 bash experiments/paper/cifar10_table1.sh
-# MODE=train trains DDPM's recipe (experiments/configs/cifar10.py) from scratch; MODE=pretrained
+# MODE=train trains DDPM's recipe (diffusion_jax/configs/cifar10.py) from scratch; MODE=pretrained
 # imports the published weights (a local copy of the diffusers folder google/ddpm-cifar10-32:
 # config.json + diffusion_pytorch_model.safetensors) and only samples and evaluates.
 # Needs: pip install -e ".[cuda]" (or ".[tpu]"), and ".[prepare]" once to prepare CIFAR-10;
@@ -77,7 +77,7 @@ if [[ "$MODE" == train ]]; then
   TAG=train
   RUN="$WORKDIR/cifar10_train"
   # Resumes from the latest checkpoint when run again; a finished run returns at once.
-  diffusion-jax train --config experiments/configs/cifar10.py --workdir "$RUN" \
+  diffusion-jax train --config cifar10 --workdir "$RUN" \
     --config.data.data_dir="$DATA_DIR" --config.model.dtype="$MODEL_DTYPE"
 elif [[ "$MODE" == pretrained ]]; then
   TAG="pretrained_$PRETRAINED_VARIANCE"

@@ -13,19 +13,7 @@ pass plus elementwise updates, so 50,000 samples x S steps cost about
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _config(name: str):
-    path = ROOT / "experiments" / "configs" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"_paper_config_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
 
 
 def forward_flops(config_name: str, batch: int) -> dict:
@@ -33,19 +21,14 @@ def forward_flops(config_name: str, batch: int) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from diffusion_jax.data import pipeline as data
-    from diffusion_jax.models import make_apply_fn
-    from diffusion_jax.models.factory import create_model
+    from diffusion_jax import configs, setup
 
-    config = _config(config_name)
-    shape = tuple(data.example_shape(config.data))
-    model = create_model(config, shape)
+    parts = setup.diffusion_parts(configs.get_config(config_name))
+    shape = parts.example_shape
     x = jax.ShapeDtypeStruct((batch, *shape), jnp.float32)
     t = jax.ShapeDtypeStruct((batch,), jnp.int32)
-    params = jax.eval_shape(
-        lambda: model.init(jax.random.key(0), jnp.zeros((1, *shape)), jnp.zeros((1,), jnp.int32))
-    )["params"]
-    apply_fn = make_apply_fn(model)
+    params = parts.abstract_params()
+    apply_fn = parts.apply_fn
     lowered = jax.jit(lambda p, x_t, t_: apply_fn(p, x_t, t_)).lower(params, x, t)
     cost = lowered.cost_analysis()
     if isinstance(cost, list | tuple):  # older jax: one dict per computation

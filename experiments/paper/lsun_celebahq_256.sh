@@ -3,11 +3,11 @@
 # CelebA-HQ, each with the 114M-parameter U-Net, batch 64, Adam 2e-5, L_simple, 1,000 steps.
 #
 #   dataset      config                               steps  paper FID (50,000 samples)
-#   LSUN Church  experiments/configs/lsun_church.py    1.2M   7.89
-#   LSUN Bedroom experiments/configs/lsun_bedroom.py   2.4M   6.36 (4.90: a larger, ~256M-param
+#   LSUN Church  diffusion_jax/configs/lsun_church.py    1.2M   7.89
+#   LSUN Bedroom diffusion_jax/configs/lsun_bedroom.py   2.4M   6.36 (4.90: a larger, ~256M-param
 #                                                            model trained 1.15M steps; no config)
-#   LSUN Cat     experiments/configs/lsun_cat.py       1.8M   19.75
-#   CelebA-HQ    experiments/configs/celebahq256.py    0.5M   none: the paper shows samples only
+#   LSUN Cat     diffusion_jax/configs/lsun_cat.py       1.8M   19.75
+#   CelebA-HQ    diffusion_jax/configs/celebahq256.py    0.5M   none: the paper shows samples only
 # (the paper's figures, its Table 3 and appendix B; ours: not yet run). The paper computed LSUN
 # FIDs with StyleGAN2's code against the training images; here: FID's Inception-v3 against
 # REF_IMAGES (50,000) training images of each dataset.
@@ -78,12 +78,12 @@ if [[ " $DATASETS " == *" lsun_church "* ]]; then
   SAMPLES="$RUN/samples/ancestral1000_n${NUM_SAMPLES}_seed${SEED}.npz"
   diffusion-jax prepare-data lsun/church_outdoor --data_dir "$DATA_DIR"
   if [[ ! -f "$REF" ]]; then
-    diffusion-jax ref-stats --config experiments/configs/lsun_church.py --split train \
+    diffusion-jax ref-stats --config lsun_church --split train \
       --max_images "$REF_IMAGES" --data_dir "$DATA_DIR" --inception_weights "$INCEPTION_NPZ" \
       --out "$REF"
   fi
   if [[ "$MODE" == train ]]; then
-    diffusion-jax train --config experiments/configs/lsun_church.py --workdir "$RUN" \
+    diffusion-jax train --config lsun_church --workdir "$RUN" \
       --config.data.data_dir="$DATA_DIR" --config.model.dtype="$MODEL_DTYPE" \
       --config.training.grad_accum_steps="$GRAD_ACCUM"
   elif [[ ! -d "$RUN" ]]; then
@@ -107,12 +107,12 @@ if [[ " $DATASETS " == *" lsun_bedroom "* ]]; then
   SAMPLES="$RUN/samples/ancestral1000_n${NUM_SAMPLES}_seed${SEED}.npz"
   diffusion-jax prepare-data lsun/bedroom --data_dir "$DATA_DIR"
   if [[ ! -f "$REF" ]]; then
-    diffusion-jax ref-stats --config experiments/configs/lsun_bedroom.py --split train \
+    diffusion-jax ref-stats --config lsun_bedroom --split train \
       --max_images "$REF_IMAGES" --data_dir "$DATA_DIR" --inception_weights "$INCEPTION_NPZ" \
       --out "$REF"
   fi
   if [[ "$MODE" == train ]]; then
-    diffusion-jax train --config experiments/configs/lsun_bedroom.py --workdir "$RUN" \
+    diffusion-jax train --config lsun_bedroom --workdir "$RUN" \
       --config.data.data_dir="$DATA_DIR" --config.model.dtype="$MODEL_DTYPE" \
       --config.training.grad_accum_steps="$GRAD_ACCUM"
   elif [[ ! -d "$RUN" ]]; then
@@ -137,12 +137,12 @@ if [[ " $DATASETS " == *" lsun_cat "* ]]; then
   SAMPLES="$RUN/samples/ancestral1000_n${NUM_SAMPLES}_seed${SEED}.npz"
   diffusion-jax prepare-data lsun/cat --data_dir "$DATA_DIR"
   if [[ ! -f "$REF" ]]; then
-    diffusion-jax ref-stats --config experiments/configs/lsun_cat.py --split train \
+    diffusion-jax ref-stats --config lsun_cat --split train \
       --max_images "$REF_IMAGES" --data_dir "$DATA_DIR" --inception_weights "$INCEPTION_NPZ" \
       --out "$REF"
   fi
   if [[ "$MODE" == train ]]; then
-    diffusion-jax train --config experiments/configs/lsun_cat.py --workdir "$RUN" \
+    diffusion-jax train --config lsun_cat --workdir "$RUN" \
       --config.data.data_dir="$DATA_DIR" --config.model.dtype="$MODEL_DTYPE" \
       --config.training.grad_accum_steps="$GRAD_ACCUM"
   elif [[ ! -d "$RUN" ]]; then
@@ -166,12 +166,12 @@ if [[ " $DATASETS " == *" celebahq256 "* ]]; then
   SAMPLES="$RUN/samples/ancestral1000_n${NUM_SAMPLES}_seed${SEED}.npz"
   diffusion-jax prepare-data celeb_a_hq --data_dir "$DATA_DIR" --manual_dir "$CELEBAHQ_MANUAL_DIR"
   if [[ ! -f "$REF" ]]; then
-    diffusion-jax ref-stats --config experiments/configs/celebahq256.py --split train \
+    diffusion-jax ref-stats --config celebahq256 --split train \
       --max_images "$REF_IMAGES" --data_dir "$DATA_DIR" --inception_weights "$INCEPTION_NPZ" \
       --out "$REF"
   fi
   if [[ "$MODE" == train ]]; then
-    diffusion-jax train --config experiments/configs/celebahq256.py --workdir "$RUN" \
+    diffusion-jax train --config celebahq256 --workdir "$RUN" \
       --config.data.data_dir="$DATA_DIR" --config.model.dtype="$MODEL_DTYPE" \
       --config.training.grad_accum_steps="$GRAD_ACCUM"
   elif [[ ! -d "$RUN" ]]; then

@@ -4,9 +4,9 @@
 # batch 128) with one change of objective or variance:
 #
 #   run                   config                                   paper (IS / FID / NLL test)
-#   L_simple, fixed Sigma experiments/configs/cifar10.py           9.46 +- 0.11 / 3.17 / <= 3.75
-#   L, fixed isotropic    experiments/configs/cifar10_vlb_fixed.py   7.67 +- 0.13 / 13.51 / <= 3.70
-#   L, learned diagonal   experiments/configs/cifar10_vlb_learned.py "-" (unstable to train)
+#   L_simple, fixed Sigma diffusion_jax/configs/cifar10.py           9.46 +- 0.11 / 3.17 / <= 3.75
+#   L, fixed isotropic    diffusion_jax/configs/cifar10_vlb_fixed.py   7.67 +- 0.13 / 13.51 / <= 3.70
+#   L, learned diagonal   diffusion_jax/configs/cifar10_vlb_learned.py "-" (unstable to train)
 #
 # (the paper's figures, Tables 1-2; ours: not yet run). The NLLs come from the paper's Table 1,
 # which lists these two models; Table 2 itself has IS and FID only. The L_simple run is the same
@@ -63,7 +63,7 @@ for NAME in $RUNS; do
   # A non-finite loss stops the run naming the step (training.on_nonfinite="error"), with the
   # last good checkpoint kept; its exit status is recorded and the checkpoint still evaluated.
   TRAIN_STATUS=0
-  diffusion-jax train --config "experiments/configs/${NAME}.py" --workdir "$RUN" \
+  diffusion-jax train --config "$NAME" --workdir "$RUN" \
     --config.data.data_dir="$DATA_DIR" --config.model.dtype="$MODEL_DTYPE" || TRAIN_STATUS=$?
   printf '{"run": "%s", "train_exit_status": %d}\n' "$NAME" "$TRAIN_STATUS" \
     > "$RESULTS/table2_${NAME}_train_status.json"

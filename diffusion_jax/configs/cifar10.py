@@ -1,13 +1,13 @@
 """DDPM's CIFAR-10 run (Ho et al. 2020, appendix B), exactly.
 
-    diffusion-jax train --config experiments/configs/cifar10.py --workdir runs/cifar10
+    diffusion-jax train --config cifar10 --workdir runs/cifar10
 
 T=1000 linear betas, eps prediction with L_simple, the 35.7M-parameter U-Net (ch 128, multipliers
 1,2,2,2, two blocks, attention at 16x16, dropout 0.1), batch 128, Adam lr 2e-4 with 5,000 warmup
 steps, gradient clipping at 1.0, EMA 0.9999, random horizontal flips, 800k steps.
 """
 
-from diffusion_jax.configs.base import base_config
+from diffusion_jax.configs import base_config
 
 
 def get_config():

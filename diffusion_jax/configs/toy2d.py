@@ -1,9 +1,9 @@
 """A 2-D mixture of 8 Gaussians learned by a small MLP: the whole method in seconds.
 
-diffusion-jax train --config experiments/configs/toy2d.py --workdir runs/toy2d
+diffusion-jax train --config toy2d --workdir runs/toy2d
 """
 
-from diffusion_jax.configs.base import base_config
+from diffusion_jax.configs import base_config
 
 
 def get_config():

@@ -2,10 +2,10 @@
 
 The 114M-parameter U-Net, batch 64, lr 2e-5, no dropout (`ddpm256_config`).
 
-diffusion-jax train --config experiments/configs/lsun_cat.py --workdir runs/lsun_cat
+diffusion-jax train --config lsun_cat --workdir runs/lsun_cat
 """
 
-from diffusion_jax.configs.base import ddpm256_config
+from diffusion_jax.configs import ddpm256_config
 
 
 def get_config():

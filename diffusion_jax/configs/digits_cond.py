@@ -1,10 +1,10 @@
 """Class-conditional digits: the digits recipe with labels, dropped to the null label 10% of the
 time so that one network gives both eps(x, y) and eps(x, null) for classifier-free guidance.
 
-    diffusion-jax train --config experiments/configs/digits_cond.py --workdir runs/digits_cond
+    diffusion-jax train --config digits_cond --workdir runs/digits_cond
 """
 
-from diffusion_jax.configs.base import base_config
+from diffusion_jax.configs import base_config
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """The digits feature network: FID/KID/precision/recall for the CPU-scale digits experiments.
 
-    diffusion-jax train-classifier --config experiments/configs/digits_features.py \\
+    diffusion-jax train-classifier --config digits_features \\
         --workdir runs/digits_features
 
 Inception features of 8x8 digits upscaled to 299x299 say little; the papers' metrics need a
@@ -13,7 +13,7 @@ and its logits the Inception-Score analogue and class accuracy of samples.
 
 import ml_collections
 
-from diffusion_jax.configs.base import base_config
+from diffusion_jax.configs import base_config
 
 
 def get_config():

@@ -1,6 +1,6 @@
-"""A noise-aware classifier for guiding the digits model (experiments/configs/digits.py).
+"""A noise-aware classifier for guiding the digits model (diffusion_jax/configs/digits.py).
 
-    diffusion-jax train-classifier --config experiments/configs/digits_classifier.py \\
+    diffusion-jax train-classifier --config digits_classifier \\
         --workdir runs/digits_classifier
 
 The encoder half of a small U-Net (ch 32, multipliers 1,2, one block per level, attention at
@@ -10,7 +10,7 @@ classifier only fits the schedule it was trained on. Adam at 1e-3, batch 64, no 
 
 import ml_collections
 
-from diffusion_jax.configs.base import base_config
+from diffusion_jax.configs import base_config
 
 
 def get_config():

@@ -2,10 +2,10 @@
 
 The 114M-parameter U-Net, batch 64, lr 2e-5, no dropout (`ddpm256_config`).
 
-diffusion-jax train --config experiments/configs/lsun_church.py --workdir runs/lsun_church
+diffusion-jax train --config lsun_church --workdir runs/lsun_church
 """
 
-from diffusion_jax.configs.base import ddpm256_config
+from diffusion_jax.configs import ddpm256_config
 
 
 def get_config():

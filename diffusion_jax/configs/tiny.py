@@ -1,9 +1,9 @@
 """A tiny run for tests: the bundled digits, a two-level U-Net of width 32, a few steps.
 
-diffusion-jax train --config experiments/configs/tiny.py --workdir /tmp/tiny
+diffusion-jax train --config tiny --workdir /tmp/tiny
 """
 
-from diffusion_jax.configs.base import base_config
+from diffusion_jax.configs import base_config
 
 
 def get_config():

@@ -2,10 +2,10 @@
 
 The 114M-parameter U-Net, batch 64, lr 2e-5, no dropout (`ddpm256_config`).
 
-diffusion-jax train --config experiments/configs/celebahq256.py --workdir runs/celebahq256
+diffusion-jax train --config celebahq256 --workdir runs/celebahq256
 """
 
-from diffusion_jax.configs.base import ddpm256_config
+from diffusion_jax.configs import ddpm256_config
 
 
 def get_config():

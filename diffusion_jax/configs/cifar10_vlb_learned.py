@@ -1,7 +1,7 @@
 """DDPM Table 2 ablation (Ho et al. 2020, sec. 4.2): epsilon prediction trained on the true
-variational bound L with a learned diagonal Sigma, otherwise DDPM's CIFAR-10 run (cifar10.py).
+variational bound L with a learned diagonal Sigma, otherwise DDPM's CIFAR-10 run (cifar10).
 
-    diffusion-jax train --config experiments/configs/cifar10_vlb_learned.py \\
+    diffusion-jax train --config cifar10_vlb_learned \\
         --workdir runs/cifar10_vlb_learned
 
 Differs from cifar10.py in two fields: diffusion.loss_type = "kl" (the bound, as in
@@ -10,20 +10,11 @@ second set of C channels; DDPM's model_var_type 'learned'), so the bound trains 
 The paper's row (Table 2): "-" -- unstable to train, poor samples with out-of-range scores.
 """
 
-import importlib.util
-from pathlib import Path
-
-
-def _cifar10_config():
-    path = Path(__file__).with_name("cifar10.py")
-    spec = importlib.util.spec_from_file_location("_cifar10_base_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from diffusion_jax.configs import cifar10
 
 
 def get_config():
-    config = _cifar10_config()
+    config = cifar10.get_config()
     config.diffusion.loss_type = "kl"
     config.diffusion.var_type = "learned"
     return config

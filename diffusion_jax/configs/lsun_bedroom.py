@@ -3,10 +3,10 @@
 The 114M-parameter U-Net, batch 64, lr 2e-5, no dropout (`ddpm256_config`), and no random
 flips: the paper's appendix names LSUN Bedroom as the one dataset trained without them.
 
-diffusion-jax train --config experiments/configs/lsun_bedroom.py --workdir runs/lsun_bedroom
+diffusion-jax train --config lsun_bedroom --workdir runs/lsun_bedroom
 """
 
-from diffusion_jax.configs.base import ddpm256_config
+from diffusion_jax.configs import ddpm256_config
 
 
 def get_config():

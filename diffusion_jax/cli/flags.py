@@ -1,0 +1,308 @@
+"""What several subcommands share: their flags, and the helpers that read them.
+
+    args, rest = flags.distributed_flags(argv)       # the multi-process flags, the others
+    flags.start_distributed(args)                    # before anything else touches JAX
+    config, workdir = flags.parse_train_flags(argv)  # train / train-classifier: --config ...
+
+The multi-process flags (train, train-classifier, sample, evaluate), the config flags of train and
+train-classifier (absl/ml_collections: `--config digits` or a file, then `--config.KEY=VALUE`
+overrides on a locked config, so a mistyped key fails and names the nearest keys), the sampling
+flags (sample, evaluate) and the feature flags (evaluate, ref-stats). Heavy imports stay inside
+the functions, so importing this module costs no JAX.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["UsageError", "add_feature_flags", "add_sampling_flags", "distributed_flags"]
+__all__ += ["draw_samples", "extractor", "parse_train_flags", "start_distributed"]
+__all__ += ["train_help", "wants_help", "with_var_type"]
+
+
+class UsageError(SystemExit):
+    """A mistake on the command line: the message says what to change."""
+
+    def __init__(self, message: str):
+        super().__init__(f"diffusion-jax: error: {message}")
+
+
+# --- multi-process runs ------------------------------------------------------------------------
+
+
+def _add_distributed_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "multi-process runs (train, train-classifier, sample, evaluate)",
+        "Run the same command in every process. JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / "
+        "JAX_PROCESS_ID, SLURM and multi-host TPU slices are detected without these flags.",
+    )
+    group.add_argument("--coordinator_address", default="", help="HOST:PORT of process 0")
+    group.add_argument("--num_processes", type=int, default=None, help="how many processes")
+    group.add_argument("--process_id", type=int, default=None, help="this process, 0..N-1")
+    group.add_argument(
+        "--distributed",
+        action="store_true",
+        help="start jax.distributed with JAX's own cluster detection (e.g. on a TPU pod)",
+    )
+    group.add_argument(
+        "--init_timeout", type=int, default=300, help="seconds to wait for every process to join"
+    )
+    group.add_argument(
+        "--heartbeat_timeout",
+        type=int,
+        default=100,
+        help="seconds of silence after which a process counts as dead and the others stop",
+    )
+
+
+def distributed_flags(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """(the multi-process flags, the other arguments) of a command line."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    _add_distributed_flags(parser)
+    return parser.parse_known_args(argv)
+
+
+def start_distributed(args: argparse.Namespace) -> bool:
+    """`jax.distributed.initialize` as the multi-process flags (or the environment) ask; call it
+    before anything else touches JAX. Returns whether the run is multi-process."""
+    from diffusion_jax import parallel
+
+    try:
+        return parallel.maybe_initialize_distributed(
+            args.coordinator_address or None,
+            args.num_processes,
+            args.process_id,
+            force=args.distributed,
+            initialization_timeout=args.init_timeout,
+            heartbeat_timeout=args.heartbeat_timeout,
+        )
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+# --- train / train-classifier: absl config flags -----------------------------------------------
+
+
+def wants_help(argv: list[str]) -> bool:
+    """Whether a train-style command line asks for its help (before any `--`)."""
+    head = argv[: argv.index("--")] if "--" in argv else argv
+    return any(a in ("-h", "--help") for a in head)
+
+
+def train_help(command: str = "train", description: str = "") -> str:
+    """The help text of `diffusion-jax train` / `train-classifier` (absl flags, so not argparse's
+    own: this parser only formats it)."""
+    from diffusion_jax import configs
+
+    parser = argparse.ArgumentParser(
+        prog=f"diffusion-jax {command}",
+        usage=f"diffusion-jax {command} --config NAME_OR_FILE --workdir DIR "
+        "[--config.KEY=VALUE ...] [multi-process flags]",
+        description=description,
+        epilog="Overrides: --config.KEY=VALUE sets any key of the config, e.g. "
+        "--config.training.batch_size=64 --config.model.dropout=0.1. Configs are locked first, "
+        f"so a mistyped key fails and names the nearest keys. Example: diffusion-jax {command} "
+        f"--config {'digits_classifier' if 'classifier' in command else 'digits'} "
+        "--workdir runs/digits",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="NAME_OR_FILE",
+        help=f"a preset ({', '.join(configs.PRESETS)}) or a .py file with get_config(); "
+        "FILE:ARG passes ARG to get_config",
+    )
+    parser.add_argument("--workdir", help="directory for checkpoints, logs and samples")
+    _add_distributed_flags(parser)
+    return parser.format_help()
+
+
+def _config_arg(argv: list[str]) -> tuple[int, str] | None:
+    """(index, value) of the --config value in `argv`, or None."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            return i, arg.split("=", 1)[1]
+        if arg == "--config" and i + 1 < len(argv):
+            return i + 1, argv[i + 1]
+    return None
+
+
+def _resolve_config_arg(argv: list[str]) -> list[str]:
+    """`argv` with --config's preset name (or file) made the path of its .py file; a UsageError
+    naming the presets when it is neither."""
+    from diffusion_jax import configs
+
+    found = _config_arg(argv)
+    if found is None:
+        return argv
+    i, value = found
+    name, colon, rest = value.partition(":")
+    try:
+        path = str(configs.config_file(name))
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    argv = list(argv)
+    resolved = path + colon + rest
+    argv[i] = f"--config={resolved}" if argv[i].startswith("--config=") else resolved
+    return argv
+
+
+def parse_train_flags(argv: list[str], *, command: str = "train"):
+    """(config, workdir) from `train` arguments; a mistyped key names the nearest keys. The
+    multi-process flags (`distributed_flags`) may be among them and are skipped. `--config`
+    takes a preset name (configs.PRESETS) or a config file; -h/--help prints the help, exits 0."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    if wants_help(argv):
+        print(train_help(command))
+        raise SystemExit(0)
+    _, given = distributed_flags(argv)
+    argv = [f"diffusion-jax {command}", *_resolve_config_arg(given)]
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file(
+        "config", None, "experiment config file", flag_values=fv, lock_config=True, sys_argv=argv
+    )
+    flags.DEFINE_string(
+        "workdir", None, "directory for checkpoints, logs and samples", flag_values=fv
+    )
+    try:
+        fv(argv)
+    except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:
+        raise UsageError(_explain_flag_error(given, e)) from None
+    if fv.config is None or not fv.workdir:
+        example = "digits_classifier" if "classifier" in command else "digits"
+        raise UsageError(
+            f"{command} needs --config FILE and --workdir DIR (FILE: a preset name or a config "
+            f"file), e.g. diffusion-jax {command} --config {example} --workdir runs/{example}"
+        )
+    return fv.config, fv.workdir
+
+
+def _explain_flag_error(argv: list[str], error: Exception) -> str:
+    """The flag parser's complaint, and for a mistyped config key the nearest real keys."""
+    from diffusion_jax import configs
+
+    found = _config_arg(argv)
+    if found is None:
+        return str(error)
+    path = found[1]
+    config = configs.get_config(path.split(":", 1)[0])
+    known = set(configs.flatten_keys(config))
+    for arg in argv:
+        if arg.startswith("--config."):
+            key = arg[len("--config.") :].split("=", 1)[0]
+            if key not in known:
+                near = ", ".join(f"config.{k}" for k in configs.nearest_keys(config, key))
+                return (
+                    f"{path} has no key config.{key} (configs are locked, so a typo cannot add "
+                    f"one). Nearest keys: {near or 'none'}."
+                )
+    return f"bad flag value: {error}"
+
+
+# --- sampling (sample, evaluate) ---------------------------------------------------------------
+
+
+def add_sampling_flags(parser: argparse.ArgumentParser, num: int) -> None:
+    parser.add_argument("--num", type=int, default=num, help="how many samples")
+    parser.add_argument("--sampler", choices=("ancestral", "ddim"), default="ancestral")
+    parser.add_argument("--steps", type=int, default=0, help="respaced steps; 0 = all T steps")
+    parser.add_argument("--spacing", choices=("uniform", "ddim", "quad"), default="uniform")
+    parser.add_argument("--eta", type=float, default=0.0, help="DDIM's eta (0: deterministic)")
+    parser.add_argument(
+        "--var_type",
+        choices=("fixed_small", "fixed_large"),
+        default=None,
+        help="the reverse process's fixed variance, in place of the run's (DDPM sampled "
+        "CIFAR-10 with fixed_large, its 256x256 models with fixed_small)",
+    )
+    parser.add_argument("--guidance", type=float, default=None, help="classifier-free weight w")
+    parser.add_argument("--classes", default="", help="comma-separated labels to cycle through")
+    parser.add_argument("--unconditional", action="store_true", help="null labels only")
+    parser.add_argument("--classifier_workdir", default="", help="a train-classifier run")
+    parser.add_argument("--classifier_scale", type=float, default=1.0)
+    parser.add_argument("--batch_size", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no_ema", action="store_true", help="use the raw parameters")
+
+
+def with_var_type(args: argparse.Namespace, run):
+    """`run` with the fixed variance of --var_type, when given."""
+    from diffusion_jax.sampling import runs
+
+    if not args.var_type:
+        return run
+    try:
+        return runs.with_var_type(run, args.var_type)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def draw_samples(args: argparse.Namespace, run):
+    """Samples of `run` as the sampling flags ask: (uint8 images, labels)."""
+    import jax
+
+    from diffusion_jax.sampling import generate, runs
+
+    cond_fn = None
+    if args.classifier_workdir:
+        from diffusion_jax.models.classifier import (
+            make_classifier_apply_fn,
+            make_classifier_cond_fn,
+        )
+
+        module, params = runs.load_classifier(
+            args.classifier_workdir, diffusion_config=run.config.diffusion
+        )
+        # The sampler multiplies by classifier_scale; the cond_fn itself stays unscaled.
+        cond_fn = make_classifier_cond_fn(make_classifier_apply_fn(module), params)
+    classes = [int(c) for c in args.classes.split(",") if c.strip()]
+    if jax.process_index() == 0:
+        print(
+            f"Sampling {args.num} from {args.workdir} at step {run.step} with the "
+            f"{'EMA' if run.ema else 'raw (non-EMA)'} parameters ({args.sampler}, "
+            f"{args.steps or run.config.diffusion.num_timesteps} steps)."
+        )
+    return generate.generate(
+        run,
+        num=args.num,
+        sampler=args.sampler,
+        steps=args.steps,
+        spacing=args.spacing,
+        eta=args.eta,
+        cfg_scale=args.guidance,
+        classes=classes or None,
+        unconditional=args.unconditional,
+        cond_fn=cond_fn,
+        classifier_scale=args.classifier_scale,
+        batch_size=args.batch_size,
+        seed=args.seed,
+    )
+
+
+# --- features (evaluate, ref-stats) ------------------------------------------------------------
+
+
+def add_feature_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--features",
+        choices=("inception", "classifier"),
+        default="inception",
+        help="FID's Inception-v3 (diffusion-jax fetch-inception), or a train-classifier run",
+    )
+    parser.add_argument("--feature_workdir", default="", help="the classifier run (--features)")
+    parser.add_argument("--inception_weights", default="", help="converted Inception .npz")
+    parser.add_argument("--feature_batch_size", type=int, default=200)
+
+
+def extractor(args: argparse.Namespace):
+    """The feature extractor the feature flags ask for."""
+    from diffusion_jax.evaluation.features import get_extractor
+
+    return get_extractor(
+        args.features,
+        workdir=args.feature_workdir or None,
+        weights=args.inception_weights or None,
+        batch_size=args.feature_batch_size,
+        progress=True,
+    )

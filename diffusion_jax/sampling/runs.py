@@ -1,0 +1,146 @@
+"""Loading a run for inference: its config and the parameters sampling needs, nothing more.
+
+    run = runs.load_run("runs/digits_cond")                 # config + EMA parameters
+    run = runs.with_var_type(run, "fixed_small")            # sample with another fixed variance
+    module, params = runs.load_classifier("runs/digits_classifier",
+                                          diffusion_config=run.config.diffusion)
+
+Only the EMA (or raw) parameters and the step are read from the checkpoint (a partial restore):
+not the optimizer moments, which are twice the parameters' size. They land as a full copy on
+this process's devices; every process of a multi-process job reads them together.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from diffusion_jax import checkpoint, parallel, setup
+from diffusion_jax.core.diffusion import learns_variance
+
+# The diffusion keys that define q(x_t | x_0), hence what a guidance classifier was trained on.
+SCHEDULE_KEYS = ("beta_schedule", "num_timesteps")
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """A trained run, ready to sample: its config, network, parameters and data shape."""
+
+    config: ml_collections.ConfigDict
+    apply_fn: Callable
+    params: Any
+    shape: tuple[int, ...]
+    step: int
+    ema: bool
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.config.model.num_classes)
+
+
+def read_params(
+    workdir: str | Path, parts: setup.Parts, *, step: int | None = None, ema: bool = True
+) -> tuple[Any, int, dict]:
+    """(parameters, step, saved config dict) of the checkpoint in `workdir` (default: its latest
+    step): the EMA parameters, or the raw ones with `ema=False`, replicated over this process's
+    devices. `parts` gives the parameters' shapes."""
+    rep = parallel.replicated(parallel.local_mesh())
+    params = jax.tree_util.tree_map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), parts.abstract_params()
+    )
+    key = "ema_params" if ema else "params"
+    target = {"step": jax.ShapeDtypeStruct((), jnp.int32, sharding=rep), key: params}
+    with checkpoint.Checkpointer(workdir, read_only=True) as ckpt:
+        state, saved = ckpt.restore(target, step=step, partial=True)
+    return state[key], int(state["step"]), saved
+
+
+def saved_config(workdir: str | Path, command: str, step: int | None = None) -> dict:
+    """The config dict of checkpoint `step` (default: the latest) in `workdir`, or a
+    CheckpointError that says which `diffusion-jax` command makes one."""
+    with checkpoint.Checkpointer(workdir, read_only=True) as ckpt:
+        if ckpt.latest_step() is None:
+            raise checkpoint.CheckpointError(
+                f"No checkpoint in {Path(workdir) / 'checkpoints'}: train first with "
+                f"`diffusion-jax {command} --config ... --workdir {workdir}`."
+            )
+        return ckpt.restore_config(step)
+
+
+def load_run(workdir: str | Path, *, step: int | None = None, use_ema: bool = True) -> Run:
+    """The run checkpointed in `workdir` (default: its latest step), with its EMA parameters
+    unless `use_ema=False`."""
+    config = ml_collections.ConfigDict(saved_config(workdir, "train", step))
+    parts = setup.diffusion_parts(config)
+    params, at, _ = read_params(workdir, parts, step=step, ema=use_ema)
+    return Run(config, parts.apply_fn, params, parts.example_shape, at, use_ema)
+
+
+def with_var_type(run: Run, var_type: str) -> Run:
+    """`run` sampling (and bounding) with the fixed variance `var_type` instead of its own.
+
+    The variance of a network trained with a fixed one is a choice made at sampling time: DDPM
+    sampled CIFAR-10 with "fixed_large" (beta_t) and its 256x256 models with "fixed_small" (the
+    posterior's), while the scheduler files published with their weights say "fixed_small" for
+    all of them. A network that learned its variance keeps it."""
+    if var_type not in ("fixed_small", "fixed_large"):
+        raise ValueError(f"var_type must be 'fixed_small' or 'fixed_large', got {var_type!r}.")
+    if learns_variance(run.config.diffusion.var_type):
+        raise ValueError(
+            f"This run learned its variance ({run.config.diffusion.var_type}); a fixed "
+            f"{var_type} would ignore half of the network's output. Drop --var_type."
+        )
+    config = ml_collections.ConfigDict(run.config.to_dict())
+    config.diffusion.var_type = var_type
+    return dataclasses.replace(run, config=config)
+
+
+def load_classifier(
+    workdir: str | Path,
+    *,
+    step: int | None = None,
+    ema: bool = True,
+    diffusion_config: Any = None,
+) -> tuple[Any, Any]:
+    """(module, params) of the classifier checkpointed in `workdir` (default: latest step).
+
+    `ema` picks the EMA parameters (equal to the parameters when training.ema_decay = 0). Give
+    the guided model's `config.diffusion` as `diffusion_config` to check that the classifier was
+    trained on the same noise schedule; a mismatch raises ValueError."""
+    saved = saved_config(workdir, "train-classifier", step)
+    c = saved.get("classifier", {})
+    if "image_shape" not in c:
+        raise checkpoint.CheckpointError(
+            f"{workdir} does not hold a classifier run (its config has no resolved "
+            "classifier section); was it trained with `diffusion-jax train`?"
+        )
+    if diffusion_config is not None:
+        _check_schedule(saved["diffusion"], diffusion_config, workdir)
+    parts = setup.classifier_parts(
+        ml_collections.ConfigDict(saved),
+        num_classes=c["num_classes"],
+        example_shape=tuple(c["image_shape"]),
+    )
+    params, _, _ = read_params(workdir, parts, step=step, ema=ema)
+    return parts.model, params
+
+
+def _check_schedule(saved: dict, diffusion_config: Any, workdir) -> None:
+    current = diffusion_config if isinstance(diffusion_config, dict) else diffusion_config.to_dict()
+    diffs = [
+        f"{k}: classifier {saved.get(k)!r}, model {current.get(k)!r}"
+        for k in SCHEDULE_KEYS
+        if saved.get(k) != current.get(k)
+    ]
+    if diffs:
+        raise ValueError(
+            f"The classifier in {workdir} was trained for another noise schedule "
+            f"({'; '.join(diffs)}); a guidance classifier only fits the schedule it was "
+            "trained on. Train one with the model's config.diffusion."
+        )
