@@ -8,11 +8,8 @@
     train_step = dj.make_train_step(parts)                              # pure: (state, batch)
     x0 = dj.sample_ddim(parts.apply_fn, params, respaced, (16, 8, 8, 1), key)
 
-The package is layered, each folder one stage, every import going down (tests/test_architecture
-holds the table): `core` (the maths) and `configs` (presets); `models`, `data`, `parallel`,
-`checkpoint`; `setup` (config -> parts, the one set-up path); `sampling`; `evaluation`;
-`training`; `pretrained`; `cli`. The names below are re-exported lazily, so that importing one
-stage does not import the others.
+Each folder is one stage or layer and every import goes down (README "Layout"). The names
+below load on first use, so that importing one stage does not import the others.
 """
 
 from __future__ import annotations

@@ -10,21 +10,18 @@
     state, _ = Checkpointer(workdir, read_only=True).restore(subtree, partial=True)
 
 Checkpoints live in `workdir/checkpoints/<step>/{state,config,data}`. A step is saved when it is a
-multiple of `save_every` (or with `force=True`, or at a multi-host preemption sync point); the
-last `keep` saved steps are kept, and every step that is a multiple of `keep_every` is kept
-forever. Saves are asynchronous by default: `save` returns once the arrays are copied to host
-memory, and `wait()` / `close()` block until they are on disk.
-
-Guarantees worth knowing:
+multiple of `save_every` (or with `force=True`, or at a multi-host preemption sync point); the last
+`keep` saved steps are kept, and every multiple of `keep_every` forever. Saves are asynchronous by
+default: `save` returns once the arrays are in host memory; `wait()` / `close()` block until they
+are on disk. Guarantees:
 - `save` refuses a state with a NaN or Inf anywhere (it raises and writes nothing), so a diverged
   run never buries its last good checkpoint.
-- `restore` reshards onto whatever shardings `abstract_state` carries, so a run saved on 8 devices
-  resumes on 1 or 4; with `partial=True` it reads only the leaves `abstract_state` names. The
-  tree is checked first: a checkpoint of a different model is reported by leaf path and shape.
-- A save killed midway leaves `<step>.orbax-checkpoint-tmp*`, which orbax never lists and which
-  is deleted when the next Checkpointer opens the directory. A step directory without orbax's step
-  metadata (a partial copy) is renamed to `<step>.incomplete` so that it is neither resumed from
-  nor blocks later saves of the same step.
+- `restore` reshards onto the shardings `abstract_state` carries (saved on 8 devices, resumed on 1
+  or 4); with `partial=True` it reads only the leaves `abstract_state` names. The tree is checked
+  first: a checkpoint of a different model is reported by leaf path and shape.
+- A save killed midway leaves `<step>.orbax-checkpoint-tmp*`, which orbax never lists and the next
+  Checkpointer deletes. A step directory without orbax's step metadata (a partial copy) is renamed
+  to `<step>.incomplete`, so it is neither resumed from nor blocks later saves of the same step.
 """
 
 from __future__ import annotations
@@ -46,8 +43,7 @@ from orbax.checkpoint import checkpoint_managers as policies
 
 log = logging.getLogger(__name__)
 
-# Written into every step directory before orbax commits it (rename or commit file); a step
-# directory without either was not written by a completed save.
+# Orbax writes one of these into a step directory before committing it (rename or commit file).
 _STEP_MARKERS = ("_CHECKPOINT_METADATA", "commit_success.txt")
 
 # grain's file of one process's iterator position.
@@ -60,16 +56,10 @@ class CheckpointError(RuntimeError):
 
 class Checkpointer:
     """Saves and restores (TrainState, config, data iterator) under `workdir/checkpoints`.
-
-    Args:
-      workdir: the run directory (a local path or anything `etils.epath` opens, e.g. gs://).
-      save_every: `save(step, ...)` writes when step % save_every == 0.
-      keep: how many of the most recent checkpoints to keep; None keeps all.
-      keep_every: also keep every checkpoint whose step is a multiple of this, forever (0: none).
-      async_save: write in a background thread (call `wait()` or `close()` before reading).
-      read_only: only restore (e.g. to sample from a run that may still be training): leaves
-        temporary and incomplete directories alone, since they may be a save in progress.
-    """
+    `workdir`: a local path or anything `etils.epath` opens (gs://...). `save_every`, `keep` (None:
+    all) and `keep_every` (0: none): see the module docstring. `async_save` writes in a background
+    thread (`wait()` / `close()` before reading). `read_only` only restores (e.g. to sample from a
+    run still training), leaving tmp and incomplete directories alone: a save may be running."""
 
     def __init__(
         self,
@@ -100,9 +90,8 @@ class Checkpointer:
         if keep_every:
             preserve.append(policies.EveryNSteps(interval_steps=keep_every))
         options = ocp.CheckpointManagerOptions(
-            # The policies replace the deprecated max_to_keep / keep_period / save_interval_steps
-            # options, and leave out orbax's default InitialSavePolicy (which would also save the
-            # first step of a fresh run whatever save_every says).
+            # Policies, not the deprecated max_to_keep / keep_period / save_interval_steps, and no
+            # default InitialSavePolicy (it saves a fresh run's first step, whatever save_every).
             save_decision_policy=policies.AnySavePolicy(
                 [policies.FixedIntervalPolicy(save_every), policies.PreemptionCheckpointingPolicy()]
             ),
@@ -121,8 +110,6 @@ class Checkpointer:
             self.directory, options=options, item_handlers=handlers
         )
 
-    # -- writing ----------------------------------------------------------------------------
-
     def save(
         self,
         step: int,
@@ -134,11 +121,9 @@ class Checkpointer:
     ) -> bool:
         """Saves `state` (a pytree of arrays), `config` (a ConfigDict or dict) and the position
         of `data_iterator` (a grain iterator) as `step`, if step % save_every == 0 or `force`.
-
-        Returns whether a save was started. A step that is already saved is not saved again
-        (returns False), so a forced save at the end may follow an interval save of the same step.
-        Raises CheckpointError, writing nothing, if any floating-point leaf is not finite.
-        """
+        Returns whether a save was started: not for a step already saved, so a forced save at the
+        end may follow an interval save of the same step. Raises CheckpointError, writing nothing,
+        if any floating-point leaf is not finite."""
         step = int(step)
         if self.read_only:
             raise CheckpointError(f"{self.directory} was opened read-only; it cannot save.")
@@ -178,8 +163,6 @@ class Checkpointer:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    # -- reading ----------------------------------------------------------------------------
-
     def all_steps(self) -> list[int]:
         """The saved steps, ascending (including one still being written asynchronously)."""
         return sorted(self._manager.all_steps())
@@ -202,13 +185,11 @@ class Checkpointer:
         partial: bool = False,
     ) -> tuple[Any, dict]:
         """Restores `step` (default: the latest) as (state, config dict).
-
-        `abstract_state` is the state's tree of `jax.ShapeDtypeStruct`s (`jax.eval_shape` of the
-        init function) whose `.sharding` says where each array goes; leaves without one are
-        replicated over all devices. Arrays are cast to its dtypes. If `data_iterator` is given,
-        its position is set in place to the saved one. With `partial`, `abstract_state` may be
-        a sub-tree of the saved state (e.g. {"step", "ema_params"}): only those leaves are read.
-        """
+        `abstract_state`: the state's tree of `jax.ShapeDtypeStruct`s (`jax.eval_shape` of the init
+        function); a leaf's `.sharding` says where its array goes (none: replicated over all
+        devices), and arrays are cast to its dtypes. A given `data_iterator`'s position is set in
+        place to the saved one. With `partial`, `abstract_state` may be a sub-tree of the saved
+        state (e.g. {"step", "ema_params"}): only those leaves are read."""
         self.wait()  # a step still being written asynchronously cannot be read yet
         step = self._resolve_step(step)
         self._check_tree(step, abstract_state, partial=partial)
@@ -226,8 +207,6 @@ class Checkpointer:
             items["data"] = grain_checkpoint.CheckpointRestore(data_iterator)
         restored = self._read(step, items)
         return restored["state"], restored["config"]
-
-    # -- internals ----------------------------------------------------------------------------
 
     def _step_dir(self, step: int) -> epath.Path:
         return self.directory / str(step)
@@ -316,17 +295,12 @@ class Checkpointer:
             )
 
 
-# -- helpers ------------------------------------------------------------------------------------
-
-
 def _whole_array_writes_on_cpu() -> None:
     """On CPU, orbax writes each replicated array whole instead of in per-device slices.
-
-    Orbax's replica-parallel saving (its default off GPU) slices every replicated array into one
-    piece per device, with one eager JAX dispatch (and compilation) per piece: thousands of them
-    for a U-Net's state on 8 CPU devices, ~10 s per process on the first save, for no gain when
-    the copies share one host's memory. The files written are the same. Accelerator runs keep
-    orbax's defaults."""
+    Orbax's replica-parallel saving (its default off GPU) slices each replicated array into one
+    piece per device, with one eager dispatch (and compilation) per piece: thousands for a U-Net's
+    state on 8 CPU devices, ~10 s per process on the first save, for no gain when the copies share
+    one host's memory. The files are the same; accelerator runs keep orbax's defaults."""
     if jax.default_backend() != "cpu":
         return
     try:
@@ -367,8 +341,7 @@ def _nonfinite_leaves(state: Any) -> list[str]:
     floats = [(p, x) for p, x in flat if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
     if not floats:
         return []
-    # One jitted reduction for the whole tree; its small output is replicated, so it can be read
-    # on every host even when the state is sharded across hosts.
+    # One jitted reduction: its small output is replicated, so every host reads it, sharded or not.
     finite = np.asarray(_all_finite([x for _, x in floats]))
     return [
         "/".join(_key_name(k) for k in p)

@@ -5,24 +5,14 @@
     batch = parallel.global_batch(mesh, local_batch) # host-local numpy -> one sharded jax.Array
     params_here = parallel.to_local(state.ema_params) # a full copy on this host's devices
 
-Start-up: `maybe_initialize_distributed` calls `jax.distributed.initialize` when the process is
-one of several: explicit arguments (the CLI's --coordinator_address / --num_processes /
---process_id), the environment (JAX_COORDINATOR_ADDRESS with JAX_NUM_PROCESSES and
-JAX_PROCESS_ID, SLURM with more than one task, a multi-host TPU slice), or `force=True` (JAX's
-own cluster detection, e.g. on a TPU pod). Its timeouts bound how long a process waits for the
-others to start and how soon it notices that one has died (it then exits with JAX's "another task
-died" error instead of hanging).
-
-Shardings: the batch is split along its leading axis over every mesh axis
-(`batch_sharding(mesh)`). The state is replicated (`replicated(mesh)`), or with an 'fsdp' axis
-of size > 1 each large array is split along one of its dimensions over 'fsdp' (ZeRO-3 / FSDP:
-`state_shardings`). Under `jit` with these shardings XLA inserts the gradient all-reduce (or the
-parameter all-gathers and gradient reduce-scatters), so the train step is written as if for one
-device.
-
-Host order: process p feeds the rows [p * B / P, (p + 1) * B / P) of each global batch of B rows
-(`jax.devices()` lists devices process by process, and the meshes keep that order), which is why
-`data.make_train_iterator` gives each host a contiguous block of every global batch.
+Shardings: the batch is split along its leading axis over every mesh axis (`batch_sharding(mesh)`).
+The state is replicated (`replicated(mesh)`), or with an 'fsdp' axis of size > 1 each large array
+is split along one of its dimensions over 'fsdp' (ZeRO-3 / FSDP: `state_shardings`). Under `jit`
+with these shardings XLA inserts the gradient all-reduce (or the parameter all-gathers and gradient
+reduce-scatters), so the train step is written as if for one device. Host order: process p feeds
+the rows [p * B / P, (p + 1) * B / P) of each global batch of B rows (`jax.devices()` lists devices
+process by process, and the meshes keep that order), which is why `data.make_train_iterator` gives
+each host a contiguous block of every global batch.
 """
 
 from __future__ import annotations
@@ -43,9 +33,6 @@ FSDP_AXIS = "fsdp"
 # Arrays with fewer elements stay replicated under FSDP: gathering them costs more in latency
 # than their memory is worth (biases, norms, the step counter, the PRNG key).
 FSDP_MIN_SIZE = 2**12
-
-
-# ----------------------------------------------------------------------------- start-up
 
 
 def _env_int(name: str) -> int | None:
@@ -71,13 +58,13 @@ def maybe_initialize_distributed(
     initialization_timeout: int = 300,
     heartbeat_timeout: int = 100,
 ) -> bool:
-    """Calls `jax.distributed.initialize` when launched as one process of several.
-
-    Arguments left at None come from JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
-    JAX_PROCESS_ID, and then from JAX's cluster detection (SLURM, Cloud TPU, Open MPI, ...). A
-    single process with none of these does nothing. Safe to call twice (the second call does
-    nothing). Returns whether JAX is running distributed after the call.
-
+    """Calls `jax.distributed.initialize` when launched as one process of several: given explicit
+    arguments (the CLI's --coordinator_address / --num_processes / --process_id), the environment
+    (JAX_COORDINATOR_ADDRESS with JAX_NUM_PROCESSES and JAX_PROCESS_ID, SLURM with more than one
+    task, a multi-host TPU slice), or `force=True` (JAX's own cluster detection, e.g. on a TPU pod).
+    Arguments left at None come from those variables, then from JAX's cluster detection (SLURM,
+    Cloud TPU, Open MPI, ...). A single process with none of these does nothing, and so does a
+    second call. Returns whether JAX is running distributed after the call.
     initialization_timeout: seconds to wait for every process to connect (then it raises).
     heartbeat_timeout: seconds without a heartbeat after which a process counts as dead; the
       survivors then terminate with "the JAX distributed service detected fatal errors ...
@@ -134,9 +121,6 @@ def is_main_process() -> bool:
     return jax.process_index() == 0
 
 
-# ----------------------------------------------------------------------------- meshes
-
-
 def data_mesh(devices=None) -> Mesh:
     """A 1-D mesh named 'data' over `devices` (default: every device of every process)."""
     devices = jax.devices() if devices is None else list(devices)
@@ -144,11 +128,10 @@ def data_mesh(devices=None) -> Mesh:
 
 
 def make_mesh(fsdp: int = 1, devices=None) -> Mesh:
-    """A 2-D ('data', 'fsdp') mesh: `fsdp` devices share each parameter's shards, and the
-    batch is split over all of them. fsdp=1 is plain data parallelism (replicated state).
-
-    Devices keep `jax.devices()`'s order (process by process), so an fsdp group lies within one
-    host whenever fsdp divides the local device count: its all-gathers stay on the fast links."""
+    """A 2-D ('data', 'fsdp') mesh: `fsdp` devices share each parameter's shards, and the batch is
+    split over all of them (fsdp=1: plain data parallelism, replicated state). Devices keep
+    `jax.devices()`'s order (process by process), so an fsdp group lies within one host whenever
+    fsdp divides the local device count: its all-gathers stay on the fast links."""
     devices = jax.devices() if devices is None else list(devices)
     n, fsdp = len(devices), int(fsdp)
     if fsdp < 1 or n % fsdp:
@@ -190,9 +173,6 @@ def check_global_batch(global_batch_size: int, mesh: Mesh) -> None:
         )
 
 
-# ----------------------------------------------------------------------------- state shardings
-
-
 def fsdp_spec(shape: tuple[int, ...], size: int, min_size: int = FSDP_MIN_SIZE) -> PartitionSpec:
     """The spec of one array under FSDP over `size` devices: its largest dimension that `size`
     divides is split over 'fsdp' (the last such on ties); small or indivisible arrays stay whole."""
@@ -225,9 +205,6 @@ def per_device_bytes(tree: Any) -> int:
     return total
 
 
-# ----------------------------------------------------------------------------- data in, results out
-
-
 def global_batch(mesh: Mesh, local_batch: dict) -> dict:
     """Assembles each host's block of rows into global arrays sharded along the batch axis."""
     sharding = batch_sharding(mesh)
@@ -239,11 +216,9 @@ def global_batch(mesh: Mesh, local_batch: dict) -> dict:
 
 def to_local(tree: Any, mesh: Mesh | None = None) -> Any:
     """Every array of `tree` as a full copy replicated over this process's devices (`mesh`,
-    default `local_mesh()`), for work that each process does on its own (sampling, evaluation).
-
-    Arrays split across devices are all-gathered first: with several processes every process
-    must call this at the same point. Replicated arrays are reassembled from the local copies,
-    with no communication."""
+    default `local_mesh()`), for per-process work (sampling, evaluation). Arrays split across
+    devices are all-gathered first, so with several processes every process must call this at the
+    same point; replicated arrays are reassembled from the local copies, with no communication."""
     mesh = local_mesh() if mesh is None else mesh
     target = replicated(mesh)
     gathered: dict[Mesh, Any] = {}
@@ -270,11 +245,9 @@ def to_local(tree: Any, mesh: Mesh | None = None) -> Any:
 
 
 def allgather_rows(local: np.ndarray, *, chunk_bytes: int = 64 << 20) -> np.ndarray:
-    """Concatenates each process's rows, in process order (every process gets the whole array).
-
-    The processes may hold different numbers of rows; a single process returns `local`. Rows
-    travel as raw bytes (any dtype comes back exact, float64 included), at most `chunk_bytes`
-    per process per collective, so the devices never hold more than a chunk of every process."""
+    """Every process's rows (counts may differ), concatenated in process order, on every process;
+    a single process returns `local`. Rows travel as raw bytes (exact for any dtype, float64 too),
+    at most `chunk_bytes` per process per collective: devices hold at most a chunk per process."""
     local = np.ascontiguousarray(local)
     if jax.process_count() == 1:
         return local

@@ -1,5 +1,4 @@
-"""Speed settings that are not part of the model: JAX's persistent compilation cache, and XLA
-flags for CPUs.
+"""Speed settings outside the model: JAX's persistent compilation cache, and XLA flags for CPUs.
 
     from diffusion_jax import perf
     perf.use_cpu_xla_flags()                         # before JAX starts its CPU backend
@@ -8,11 +7,9 @@ flags for CPUs.
 
 The flags change which kernels compute the convolutions, and so the last bits of the results: a
 run resumed from Python without `use_cpu_xla_flags()` is not bit-for-bit the run the command
-line would have continued (it is within float32 rounding).
-
-A process that compiles a program JAX has compiled before (same program, shapes, shardings,
-flags and versions) reads the executable from the cache instead of running XLA again. Measured
-numbers for both are in experiments/BENCHMARKS.md.
+line would have continued (it is within float32 rounding). With the cache, a process compiling a
+program compiled before (same program, shapes, shardings, flags and versions) reads the executable
+instead of running XLA again. Measured numbers for both: experiments/BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -25,9 +22,8 @@ import jax
 CACHE_ENV = "DIFFUSION_JAX_CACHE_DIR"
 
 # XLA:CPU sends convolutions to YNNPACK by default in jaxlib 0.10-0.12; its weight-gradient
-# convolutions are slower than XLA's own (Eigen) kernels, so the U-Net's training step is faster
-# with convolutions taken out of YNNPACK (experiments/BENCHMARKS.md). XLA aborts on a flag it does
-# not know, so the flag is only added for the jaxlib versions it was measured with.
+# convolutions are slower than XLA's own (Eigen): the U-Net trains faster without them
+# (experiments/BENCHMARKS.md). XLA aborts on an unknown flag: add it only where measured.
 CPU_XLA_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",)
 CPU_XLA_FLAGS_JAXLIB = ((0, 10, 2), (0, 13, 0))  # [first, last) jaxlib versions measured
 
@@ -72,10 +68,9 @@ def _backend_started() -> bool:
 
 
 def use_cpu_xla_flags(flags=CPU_XLA_FLAGS) -> list[str]:
-    """Adds `flags` to XLA_FLAGS (those whose name XLA_FLAGS does not set already) and returns
-    the ones added; nothing when the jaxlib version is outside `CPU_XLA_FLAGS_JAXLIB` or JAX's
-    backends have started (XLA reads XLA_FLAGS once, when the first backend starts). The flags
-    only concern XLA:CPU; GPU and TPU programs are unaffected."""
+    """Adds to XLA_FLAGS those `flags` whose name it does not set yet and returns them; nothing
+    when jaxlib is outside `CPU_XLA_FLAGS_JAXLIB` or JAX's backends have started (XLA reads
+    XLA_FLAGS once, when the first backend starts). GPU and TPU programs are unaffected."""
     first, last = CPU_XLA_FLAGS_JAXLIB
     if not first <= _jaxlib_version() < last or _backend_started():
         return []

@@ -49,8 +49,7 @@ class Parts:
 
     def keys(self) -> tuple[jax.Array, jax.Array]:
         """(parameter-init key, the run's base key): the two halves of PRNGKey(config.seed)."""
-        init_key, state_key = jax.random.split(jax.random.PRNGKey(int(self.config.seed)))
-        return init_key, state_key
+        return tuple(jax.random.split(jax.random.PRNGKey(int(self.config.seed))))
 
     def init_params(self, key: jax.Array | None = None) -> Any:
         """The network's freshly initialised parameters (key: `keys()[0]` by default)."""
@@ -71,28 +70,24 @@ def diffusion_parts(config: Any, example_shape: Sequence[int] | None = None) -> 
     """The parts of `config`'s diffusion model. `example_shape` defaults to the data's, read from
     the dataset's metadata (a TFDS dataset need not be prepared: `data.example_shape`)."""
     shape = tuple(example_shape or data.example_shape(config.data))
-    d = config.diffusion
     model = create_model(config, shape)
-    tx, lr_fn = make_optimizer(config.optim)
-    schedule = schedules.make_schedule(d.beta_schedule, d.num_timesteps)
     num_classes = int(config.model.num_classes)
-    apply_fn = make_apply_fn(model)
-    return Parts("diffusion", config, schedule, model, apply_fn, tx, lr_fn, shape, num_classes)
+    return _parts("diffusion", config, model, make_apply_fn(model), shape, num_classes)
 
 
 def classifier_parts(config: Any, *, num_classes: int, example_shape: Sequence[int]) -> Parts:
     """The parts of `config.classifier`, the noise-aware classifier p(y | x_t, t) trained on
     `config.diffusion`'s schedule, predicting `num_classes` classes of images `example_shape`."""
-    d = config.diffusion
     model = create_classifier(config.classifier, num_classes)
-    tx, lr_fn = make_optimizer(config.optim)
-    schedule = schedules.make_schedule(d.beta_schedule, d.num_timesteps)
     apply_fn = make_classifier_apply_fn(model)
-    shape = tuple(example_shape)
-    return Parts("classifier", config, schedule, model, apply_fn, tx, lr_fn, shape, num_classes)
+    return _parts("classifier", config, model, apply_fn, tuple(example_shape), int(num_classes))
 
 
-# ----------------------------------------------------------------------------- the optimizer
+def _parts(kind: str, config: Any, model, apply_fn, shape, num_classes: int) -> Parts:
+    d = config.diffusion
+    schedule = schedules.make_schedule(d.beta_schedule, d.num_timesteps)
+    tx, lr_fn = make_optimizer(config.optim)
+    return Parts(kind, config, schedule, model, apply_fn, tx, lr_fn, shape, num_classes)
 
 
 def learning_rate_schedule(optim: Any) -> Callable[[jax.Array], jax.Array]:

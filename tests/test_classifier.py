@@ -146,7 +146,7 @@ def test_cond_fn_is_the_gradient_of_log_p_y_given_x_times_scale():
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("classifier")
-    config, workdir = cli.parse_train_flags(
+    config, workdir = cli.flags.parse_train_flags(
         ["--config", CONFIG, "--workdir", str(workdir), *TRAIN_OVERRIDES]
     )
     state = classifier_train.train_classifier(config, workdir)
@@ -212,7 +212,7 @@ def test_digits_classifier_uses_the_digits_models_schedule():
 
 
 def test_training_without_labels_fails_before_any_work(tmp_path):
-    config, workdir = cli.parse_train_flags(
+    config, workdir = cli.flags.parse_train_flags(
         ["--config", CONFIG, "--workdir", str(tmp_path), "--config.data.use_labels=False"]
     )
     with pytest.raises(ValueError, match="use_labels"):

@@ -46,8 +46,8 @@ def test_info_imports_no_training_code():
 
 def test_a_missing_config_file_is_a_usage_error(tmp_path):
     for argv in (["--config", "experiments/configs/nope.py"], ["--config=nope.py"]):
-        with pytest.raises(cli.UsageError, match="neither a preset nor a config file"):
-            cli.parse_train_flags([*argv, "--workdir", str(tmp_path)])
+        with pytest.raises(cli.flags.UsageError, match="neither a preset nor a config file"):
+            cli.flags.parse_train_flags([*argv, "--workdir", str(tmp_path)])
 
 
 @pytest.mark.parametrize("command", ["train", "train-classifier"])
@@ -62,8 +62,8 @@ def test_train_help_lists_config_presets_and_flags(command, capsys):
 def test_an_unknown_preset_names_the_presets(tmp_path):
     for argv in (["--config", "nosuchpreset"], ["--config=digitz"]):
         with pytest.raises(SystemExit) as raised:
-            cli.parse_train_flags([*argv, "--workdir", str(tmp_path)])
-        assert isinstance(raised.value, cli.UsageError)
+            cli.flags.parse_train_flags([*argv, "--workdir", str(tmp_path)])
+        assert isinstance(raised.value, cli.flags.UsageError)
         message = str(raised.value.code)
         assert all(name in message for name in configs.PRESETS), message
     assert "Did you mean 'digits'" in message
@@ -77,7 +77,7 @@ def test_a_preset_name_resolves_and_typos_name_the_nearest_key(tmp_path):
         ["--config", "digits", "--workdir", str(tmp_path), "--config.training.batch_size=3"]
     )
     assert config.training.batch_size == 3
-    with pytest.raises(cli.UsageError, match=r"config\.training\.batch_size\b"):
+    with pytest.raises(cli.flags.UsageError, match=r"config\.training\.batch_size\b"):
         cli.flags.parse_train_flags(
             ["--config", "digits", "--workdir", str(tmp_path), "--config.training.batch_sizee=3"]
         )
@@ -85,15 +85,15 @@ def test_a_preset_name_resolves_and_typos_name_the_nearest_key(tmp_path):
 
 def test_a_config_file_path_still_works(tmp_path):
     path = str(configs.config_file("tiny"))
-    config, _ = cli.parse_train_flags(["--config", path, "--workdir", str(tmp_path)])
+    config, _ = cli.flags.parse_train_flags(["--config", path, "--workdir", str(tmp_path)])
     assert config.to_dict() == configs.get_config("tiny").to_dict()
 
 
 def test_train_without_workdir_is_a_usage_error():
-    with pytest.raises(cli.UsageError, match="--workdir DIR"):
+    with pytest.raises(cli.flags.UsageError, match="--workdir DIR"):
         cli.main(["train", "--config", "digits"])
 
 
 def test_ref_stats_rejects_an_unknown_preset():
-    with pytest.raises(cli.UsageError, match="neither a preset"):
+    with pytest.raises(cli.flags.UsageError, match="neither a preset"):
         cli.main(["ref-stats", "--config", "nosuchpreset", "--out", "x.npz"])

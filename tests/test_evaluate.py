@@ -92,7 +92,7 @@ def feature_run(tmp_path_factory):
         "--config.training.log_every=40",
         "--config.training.async_checkpoints=False",
     ]
-    config, workdir = cli.parse_train_flags(
+    config, workdir = cli.flags.parse_train_flags(
         ["--config", FEATURES, "--workdir", str(workdir), *overrides]
     )
     classifier_train.train_classifier(config, workdir)

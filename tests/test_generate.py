@@ -26,7 +26,9 @@ def cond_run(tmp_path_factory):
         "--config.diffusion.class_drop_prob=0.1",
         "--config.training.num_steps=2",
     ]
-    config, _ = cli.parse_train_flags(["--config", TINY, "--workdir", str(workdir), *overrides])
+    config, _ = cli.flags.parse_train_flags(
+        ["--config", TINY, "--workdir", str(workdir), *overrides]
+    )
     train.train(config, workdir)
     return workdir
 

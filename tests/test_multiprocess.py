@@ -50,9 +50,9 @@ import os, signal, sys
 from diffusion_jax import cli
 from diffusion_jax.training import train
 victim, at, argv = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
-cli.start_distributed(cli.distributed_flags(argv)[0])
+cli.flags.start_distributed(cli.flags.distributed_flags(argv)[0])
 import jax
-config, workdir = cli.parse_train_flags(argv)
+config, workdir = cli.flags.parse_train_flags(argv)
 def hook(state, step):
     if step == at and jax.process_index() == victim:
         os.kill(os.getpid(), signal.SIGKILL)
@@ -107,7 +107,9 @@ def _start(command: list[str], env: dict, log: Path) -> tuple[subprocess.Popen, 
 
 
 def _restore(workdir: Path, mesh) -> object:
-    config, _ = cli.parse_train_flags(["--config", TINY, "--workdir", str(workdir), *OVERRIDES])
+    config, _ = cli.flags.parse_train_flags(
+        ["--config", TINY, "--workdir", str(workdir), *OVERRIDES]
+    )
     abstract, _ = init_state(setup.diffusion_parts(config), mesh)
     with checkpoint.Checkpointer(workdir, read_only=True) as ckpt:
         state, _ = ckpt.restore(abstract)
@@ -229,7 +231,7 @@ def test_single_process_runs_start_nothing_and_half_given_flags_are_refused(monk
     # The train command takes the multi-process flags beside the config flags.
     argv = ["--config", TINY, "--workdir", "w", "--config.training.num_steps=3"]
     argv += ["--coordinator_address=127.0.0.1:5", "--num_processes", "2", "--process_id=1"]
-    dist, _ = cli.distributed_flags(argv)
+    dist, _ = cli.flags.distributed_flags(argv)
     assert (dist.coordinator_address, dist.num_processes, dist.process_id) == ("127.0.0.1:5", 2, 1)
-    config, workdir = cli.parse_train_flags(argv)
+    config, workdir = cli.flags.parse_train_flags(argv)
     assert config.training.num_steps == 3 and workdir == "w"

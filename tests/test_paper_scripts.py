@@ -3,7 +3,7 @@
 Every `diffusion-jax SUBCOMMAND ...` command of every script (line continuations joined, shell
 variables expanded from the script's own defaults, once per value of each enclosing `for` loop)
 goes through the CLI's own parser without running: argparse subcommands through their
-`ArgumentParser`, stopped right after parsing; `train` through `cli.parse_train_flags`, which
+`ArgumentParser`, stopped right after parsing; `train` through `cli.flags.parse_train_flags`, which
 loads the config file and applies the `--config.*` overrides to the locked config. Flags must be
 spelled out in full (argparse would accept an abbreviation). The new configs must differ from
 cifar10.py only in their intended fields, and every script must pass `bash -n`.
@@ -236,7 +236,7 @@ def _train_errors(rest: list[str]) -> list[str]:
         ):
             errors.append(f"train has no flag {flag}")
     try:
-        config, workdir = cli.parse_train_flags(rest)
+        config, workdir = cli.flags.parse_train_flags(rest)
     except SystemExit as e:
         return [*errors, f"train's flags were refused: {e}"]
     if not workdir:

@@ -28,7 +28,7 @@ from diffusion_jax import cli, perf
 from diffusion_jax.training import train
 perf.use_cpu_xla_flags()  # as `diffusion-jax` does: XLA's CPU kernels, and so the rounding, match
 at, sig = int(sys.argv[1]), getattr(signal, sys.argv[2])
-config, workdir = cli.parse_train_flags(sys.argv[3:])
+config, workdir = cli.flags.parse_train_flags(sys.argv[3:])
 def hook(state, step):
     if step == at:
         os.kill(os.getpid(), sig)
@@ -68,7 +68,7 @@ def _signalling_run(at, sig, *args):
 def _final_state(workdir, config_overrides=()):
     from diffusion_jax import cli
 
-    config, _ = cli.parse_train_flags(
+    config, _ = cli.flags.parse_train_flags(
         ["--config", TINY, "--workdir", str(workdir), *config_overrides]
     )
     mesh = parallel.data_mesh(jax.devices()[:1])
@@ -116,7 +116,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_
     monkeypatch.setattr(parallel, "global_batch", poisoned)
     from diffusion_jax import cli
 
-    config, _ = cli.parse_train_flags(["--config", TINY, "--workdir", str(tmp_path)])
+    config, _ = cli.flags.parse_train_flags(["--config", TINY, "--workdir", str(tmp_path)])
     config.unlock().training.num_steps = 8
     with pytest.raises(train.NonFiniteError, match="not finite at step 5"):
         train.train(config, tmp_path)

@@ -23,15 +23,7 @@ import os
 import sys
 
 from diffusion_jax import __version__
-from diffusion_jax.cli.flags import (
-    UsageError,
-    distributed_flags,
-    parse_train_flags,
-    start_distributed,
-)
-
-__all__ = ["COMMANDS", "UsageError", "distributed_flags", "main", "parse_train_flags"]
-__all__ += ["start_distributed"]
+from diffusion_jax.cli import flags
 
 COMMANDS = {
     "train": "train a model from a config preset or file (absl/ml_collections flags)",
@@ -50,22 +42,12 @@ COMMANDS = {
 # looks them up in sys.modules instead of importing (and so `info` imports no training code).
 _SELF_EXPLAINING = {
     "diffusion_jax.checkpoint": ("CheckpointError",),
-    "diffusion_jax.data.sources": (
-        "DatasetNotFoundError",
-        "DataPreparationError",
-        "ImageDecodeError",
-    ),
-    "diffusion_jax.evaluation.inception_weights": (
-        "InceptionWeightsError",
-        "InceptionWeightsNotFoundError",
-    ),
+    "diffusion_jax.data.sources": ("DatasetNotFoundError", "DataPreparationError",
+                                   "ImageDecodeError"),
+    "diffusion_jax.evaluation.inception_weights": ("InceptionWeightsError",
+                                                   "InceptionWeightsNotFoundError"),
     "diffusion_jax.training.loop": ("NonFiniteError",),
-}
-
-
-def _module_name(command: str) -> str:
-    """The module of a command: "train-classifier" -> diffusion_jax.cli.train_classifier."""
-    return f"{__name__}.{command.replace('-', '_')}"
+}  # fmt: skip
 
 
 def _explains_itself(error: BaseException) -> bool:
@@ -96,14 +78,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
-        raise UsageError(f"unknown command {command!r}.\n{_usage()}")
+        raise flags.UsageError(f"unknown command {command!r}.\n{_usage()}")
     from diffusion_jax import perf
 
     perf.use_cpu_xla_flags()  # before the first computation starts XLA's CPU backend
     if os.environ.get(perf.CACHE_ENV):
         perf.enable_compilation_cache()
     try:
-        return importlib.import_module(_module_name(command)).main(rest)
+        return importlib.import_module(f"{__name__}.{command.replace('-', '_')}").main(rest)
     except Exception as e:
         if not _explains_itself(e):
             raise

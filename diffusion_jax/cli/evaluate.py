@@ -50,33 +50,19 @@ def _check(args: argparse.Namespace) -> None:
         raise UsageError("--bpd, --num and --ref_split need the run's --workdir.")
 
 
-def _reference(args: argparse.Namespace, extractor, run, is_main: bool):
-    """The reference statistics: --reference's file, --ref_split's (cached), or None."""
-    from diffusion_jax.evaluation import evaluate
-
-    if args.reference:
-        return evaluate.load_reference(args.reference)
-    if not args.ref_split:
-        return None
-    tag = extractor.name.replace(":", "_").replace("/", "_")
-    cached = Path(args.workdir) / "eval" / f"reference_{tag}_{args.ref_split}.npz"
-    if cached.exists():
-        return evaluate.load_reference(cached)
-    reference = evaluate.reference_statistics(
-        extractor, data_config=run.config.data, split=args.ref_split
-    )
-    if is_main:
-        evaluate.save_reference(cached, reference)
-    return reference
-
-
 def _sample_metrics(args: argparse.Namespace, run, is_main: bool) -> dict:
     """The sample metrics of --samples, or of samples drawn now from the run."""
     from diffusion_jax.evaluation import evaluate
 
     metric_names = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
     extractor = flags.extractor(args)
-    reference = _reference(args, extractor, run, is_main)
+    reference = None  # --reference's file, or --ref_split's statistics (cached in the run)
+    if args.reference:
+        reference = evaluate.load_reference(args.reference)
+    elif args.ref_split:
+        reference = evaluate.cached_reference(
+            extractor, run.config.data, args.workdir, args.ref_split
+        )
     if args.samples:
         samples, labels = evaluate.load_samples(args.samples)
     else:

@@ -4,20 +4,14 @@
     flags.start_distributed(args)                    # before anything else touches JAX
     config, workdir = flags.parse_train_flags(argv)  # train / train-classifier: --config ...
 
-The multi-process flags (train, train-classifier, sample, evaluate), the config flags of train and
-train-classifier (absl/ml_collections: `--config digits` or a file, then `--config.KEY=VALUE`
-overrides on a locked config, so a mistyped key fails and names the nearest keys), the sampling
-flags (sample, evaluate) and the feature flags (evaluate, ref-stats). Heavy imports stay inside
-the functions, so importing this module costs no JAX.
+Config flags are absl/ml_collections ones: `--config digits` or a file, then `--config.KEY=VALUE`
+overrides on a locked config, so a mistyped key fails and names the nearest keys. Heavy imports
+stay inside the functions, so importing this module costs no JAX.
 """
 
 from __future__ import annotations
 
 import argparse
-
-__all__ = ["UsageError", "add_feature_flags", "add_sampling_flags", "distributed_flags"]
-__all__ += ["draw_samples", "extractor", "parse_train_flags", "start_distributed"]
-__all__ += ["train_help", "wants_help", "with_var_type"]
 
 
 class UsageError(SystemExit):
@@ -25,9 +19,6 @@ class UsageError(SystemExit):
 
     def __init__(self, message: str):
         super().__init__(f"diffusion-jax: error: {message}")
-
-
-# --- multi-process runs ------------------------------------------------------------------------
 
 
 def _add_distributed_flags(parser: argparse.ArgumentParser) -> None:
@@ -78,9 +69,6 @@ def start_distributed(args: argparse.Namespace) -> bool:
         )
     except ValueError as e:
         raise UsageError(str(e)) from None
-
-
-# --- train / train-classifier: absl config flags -----------------------------------------------
 
 
 def wants_help(argv: list[str]) -> bool:
@@ -149,13 +137,10 @@ def _resolve_config_arg(argv: list[str]) -> list[str]:
 def parse_train_flags(argv: list[str], *, command: str = "train"):
     """(config, workdir) from `train` arguments; a mistyped key names the nearest keys. The
     multi-process flags (`distributed_flags`) may be among them and are skipped. `--config`
-    takes a preset name (configs.PRESETS) or a config file; -h/--help prints the help, exits 0."""
+    takes a preset name (configs.PRESETS) or a config file."""
     from absl import flags
     from ml_collections import config_flags
 
-    if wants_help(argv):
-        print(train_help(command))
-        raise SystemExit(0)
     _, given = distributed_flags(argv)
     argv = [f"diffusion-jax {command}", *_resolve_config_arg(given)]
     fv = flags.FlagValues()
@@ -198,9 +183,6 @@ def _explain_flag_error(argv: list[str], error: Exception) -> str:
                     f"one). Nearest keys: {near or 'none'}."
                 )
     return f"bad flag value: {error}"
-
-
-# --- sampling (sample, evaluate) ---------------------------------------------------------------
 
 
 def add_sampling_flags(parser: argparse.ArgumentParser, num: int) -> None:
@@ -278,9 +260,6 @@ def draw_samples(args: argparse.Namespace, run):
         batch_size=args.batch_size,
         seed=args.seed,
     )
-
-
-# --- features (evaluate, ref-stats) ------------------------------------------------------------
 
 
 def add_feature_flags(parser: argparse.ArgumentParser) -> None:

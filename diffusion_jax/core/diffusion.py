@@ -8,17 +8,14 @@ p(x_{t-1}|x_t) and the conversions between the network's parameterisations.
                                     mean_type="eps", var_type="fixed_large")
     x_prev = diffusion.p_sample(sched, out, t, noise=z)
 
-Argument order: positional arguments are `schedule`, then the array the distribution is about
-(x_start for the forward process q(x_t|x_0) and the training targets; x_t for the posterior, the
-reverse process and the conversions predict_*), then `t`; every other array is keyword-only, so
-that two arrays can never be swapped silently. Functions that run the network take
-(apply_fn, params, schedule, x, t, ...) in the same way (see `losses`). `p_sample` takes the
-`p_mean_variance` dict in the place of x_t; `split_output` and the guidance helpers, which need no
-schedule, take at most one array positionally (`cfg_eps` and `cfg_output` none).
-
-`t` is an int array of shape [B] indexed from 0 (t=0 is the first diffusion step). Functions take
-the network's *output*, never the network, so they compose with jit, vmap and grad and with any
-model. Notation follows Ho et al. (2020): alpha_bar_t = prod_{s<=t} (1 - beta_s).
+Argument order: `schedule`, then the array the distribution is about (x_start for q(x_t|x_0) and
+the training targets; x_t for the posterior, the reverse process and predict_*), then `t`; every
+other array is keyword-only, so two arrays can never be swapped silently. Functions that run the
+network take (apply_fn, params, schedule, x, t, ...) likewise (see `losses`). `p_sample` takes the
+`p_mean_variance` dict in the place of x_t; `split_output` and the guidance helpers take at most
+one array positionally (`cfg_eps`, `cfg_output` none). `t` is an int array [B], indexed from 0.
+Functions take the network's *output*, never the network, so they compose with jit, vmap, grad and
+any model. Notation follows Ho et al. (2020): alpha_bar_t = prod_{s<=t} (1 - beta_s).
 """
 
 from __future__ import annotations
@@ -52,12 +49,8 @@ def learns_variance(var_type: str) -> bool:
     return var_type in ("learned", "learned_range")
 
 
-# ----------------------------------------------------------------------------- forward process
-
-
 def q_mean_variance(schedule: Schedule, x_start: jnp.ndarray, t: jnp.ndarray):
     """q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I).
-
     Returns (mean, variance, log_variance)."""
     mean = _ex(schedule, "sqrt_alphas_cumprod", t, x_start) * x_start
     variance = _ex(schedule, "sqrt_one_minus_alphas_cumprod", t, x_start) ** 2
@@ -90,9 +83,6 @@ def q_posterior_mean_variance(
     variance = _ex(schedule, "posterior_variance", t, x_t)
     log_variance = _ex(schedule, "posterior_log_variance_clipped", t, x_t)
     return mean, variance, log_variance
-
-
-# ----------------------------------------------------------------------------- parameterisations
 
 
 def predict_xstart_from_eps(schedule: Schedule, x_t, t, *, eps):
@@ -157,9 +147,6 @@ def training_target(schedule: Schedule, x_start, t, *, noise, mean_type: MeanTyp
     raise ValueError(f"Unknown mean_type {mean_type!r}; choose one of {MEAN_TYPES}.")
 
 
-# ----------------------------------------------------------------------------- reverse process
-
-
 def split_output(model_output: jnp.ndarray, *, x_t: jnp.ndarray, var_type: VarType):
     """Splits a learned-variance output [..., 2C] into (mean part, variance values), each [..., C];
     returns (model_output, None) for fixed variances. Checks the channel count either way."""
@@ -192,15 +179,13 @@ def p_mean_variance(
     denoised_fn=None,
 ) -> dict[str, jnp.ndarray]:
     """p(x_{t-1} | x_t) = N(mu_theta(x_t, t), Sigma_theta(x_t, t)) from the network's output.
-
     The mean is the posterior mean mu~_t(x_0_hat, x_t) at the predicted x_0_hat, which is clipped to
     [-1, 1] when `clip_denoised` (after `denoised_fn`, if given). Variances:
       fixed_small:   beta~_t (the posterior variance; log clipped at t=0),
       fixed_large:   beta_t, with beta~_1 at t=0 (as the reference code does),
       learned:       exp(v), v the network's log-variance output,
       learned_range: exp(f log beta_t + (1 - f) log beta~_t), f = (v + 1) / 2 (Nichol & Dhariwal).
-    Returns a dict of mean, variance, log_variance and pred_xstart, each shaped like x_t.
-    """
+    Returns a dict of mean, variance, log_variance and pred_xstart, each shaped like x_t."""
     check_types(mean_type, var_type)
     mean_output, var_values = split_output(model_output, x_t=x_t, var_type=var_type)
 
@@ -238,8 +223,7 @@ def p_mean_variance(
 def p_sample(
     schedule: Schedule, out: dict[str, jnp.ndarray], t: jnp.ndarray, *, noise: jnp.ndarray
 ) -> jnp.ndarray:
-    """One ancestral step x_{t-1} = mu + exp(log_variance / 2) noise, with no noise at t=0.
-
+    """One ancestral step x_{t-1} = mu + exp(log_variance / 2) noise, with no noise at t=0;
     `out` is what `p_mean_variance` returns for (x_t, t)."""
     nonzero = (jnp.asarray(t) != 0).astype(noise.dtype)
     nonzero = nonzero.reshape(nonzero.shape + (1,) * (noise.ndim - nonzero.ndim))
@@ -249,9 +233,6 @@ def p_sample(
 def model_timesteps(schedule: Schedule, t: jnp.ndarray) -> jnp.ndarray:
     """The time input for the network at step t: the original step for a respaced schedule."""
     return schedule.timestep_map[t]
-
-
-# ----------------------------------------------------------------------------- DDIM steps
 
 
 def ddim_step(
@@ -299,15 +280,10 @@ def ddim_reverse_step(
     return jnp.sqrt(alpha_bar_next) * pred_xstart + jnp.sqrt(1.0 - alpha_bar_next) * eps
 
 
-# ----------------------------------------------------------------------------- guidance
-
-
 def cfg_eps(*, cond: jnp.ndarray, uncond: jnp.ndarray, scale) -> jnp.ndarray:
     """Classifier-free guidance (Ho & Salimans 2022, eq. 6): eps~ = (1 + w) eps_c - w eps_u, with
-    eps_c = `cond`, eps_u = `uncond` and w = `scale`.
-
-    w=0 is the conditional model. The weights sum to 1, so the same mix of x_0 or v predictions
-    gives the same guided sample: the formula applies to any `mean_type`."""
+    eps_c = `cond`, eps_u = `uncond` and w = `scale` (w=0: the conditional model). The weights sum
+    to 1, so the same mix of x_0 or v predictions gives the same guided sample: any `mean_type`."""
     return (1.0 + scale) * cond - scale * uncond
 
 

@@ -11,16 +11,9 @@ in bits/dim (L_T, L_{t-1}, L_0), L_simple and the hybrid loss, and the full boun
 `apply_fn(params, x_t, t, y=None, *, rng=None, train=False)` is any network (see
 `diffusion_jax.models.make_apply_fn`); it is given the original timestep of a respaced schedule
 (`Schedule.timestep_map`). Data live in [-1, 1], discretised to 256 levels. All per-example terms
-are means over dimensions ("mean_flat"), as in the reference implementations.
-
-Argument order, as in `diffusion`: positional arguments are `schedule`, then the array the
-distribution is about (x_start for the training targets and the bound of the forward process; x_t
-for the per-step terms, which compare posterior and reverse process at x_t), then `t`; every
-other array is keyword-only, so that two arrays can never be swapped silently. Functions that run
-the network take (apply_fn, params, schedule, x, t, ...) in the same way (`calc_bpd_loop` takes
-its `rng` key in the place of t). `normal_kl(mean1, logvar1, mean2, logvar2)` keeps the paper's
-positional order, and `discretized_gaussian_log_likelihood(x, *, means, log_scales)` takes the
-data first.
+are means over dimensions ("mean_flat"), as in the reference implementations. Argument order: as in
+`diffusion` (x_t for the per-step terms, which compare posterior and reverse process at x_t), but
+`calc_bpd_loop` takes its `rng` key in the place of t and `normal_kl` keeps the paper's order.
 """
 
 from __future__ import annotations
@@ -48,7 +41,6 @@ def normal_kl(mean1, logvar1, mean2, logvar2):
     """KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)), elementwise, in nats (the paper's
     positional order: the arguments are the two Gaussians, not arrays of one distribution):
     0.5 (-1 + logvar2 - logvar1 + e^(logvar1 - logvar2) + (mean1 - mean2)^2 e^(-logvar2)).
-
     Written with expm1 so that nearly equal variances (the prior term, where the KL is ~1e-5) do
     not lose their digits to cancellation in float32."""
     d = logvar1 - logvar2
@@ -56,18 +48,15 @@ def normal_kl(mean1, logvar1, mean2, logvar2):
 
 
 def approx_standard_normal_cdf(x):
-    """The tanh approximation of Phi(x) that DDPM's decoder uses:
-    0.5 (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3)))."""
+    """DDPM's tanh approximation of Phi(x): 0.5 (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3)))."""
     return 0.5 * (1.0 + jnp.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
 
 
 def discretized_gaussian_log_likelihood(x, *, means, log_scales):
-    """log p(x) of data x in [-1, 1] (256 levels, bins of width 2/255) under
-    N(means, e^(2 log_scales)).
-
-    Each bin is [x - 1/255, x + 1/255]; the edge bins are open-ended: the bin of -1 reaches to -inf
-    and the bin of 1 to +inf, so the 256 probabilities sum to 1. Probabilities are floored at
-    1e-12 before the log, as in the reference code."""
+    """log p(x) of data x in [-1, 1] (256 levels) under N(means, e^(2 log_scales)).
+    Each bin is [x - 1/255, x + 1/255] (width 2/255); the edge bins are open-ended (the bin of -1
+    reaches to -inf, that of 1 to +inf), so the 256 probabilities sum to 1. Probabilities are
+    floored at 1e-12 before the log, as in the reference code."""
     centered = x - means
     inv_stdv = jnp.exp(-log_scales)
     cdf_plus = approx_standard_normal_cdf(inv_stdv * (centered + 1.0 / 255.0))
@@ -137,20 +126,17 @@ def losses_from_output(
     mean_type: MeanType = "eps",
     var_type: VarType = "fixed_large",
 ) -> dict[str, jnp.ndarray]:
-    """Per-example training losses [B] from the network's output at (x_t, t),
-    where x_t = q_sample(x_start, t, noise=noise).
+    """Per-example losses [B] from the network's output at x_t = q_sample(x_start, t, noise=noise).
 
     loss_type:
       "mse":          L_simple, ||target - prediction||^2 averaged over dimensions (target eps,
                       x0 or v by mean_type); plus the VB term for the variance when it is learned.
+                      The VB term sees the mean through stop_gradient: it trains the variance only.
       "rescaled_mse" / "hybrid": the same with the VB term scaled by T/1000 (Nichol & Dhariwal's
-                      L_hybrid = L_simple + 0.001 L_vlb). The VB term sees the mean prediction
-                      through stop_gradient, so it trains the variance only. "hybrid" insists on a
-                      learned variance.
+                      L_hybrid = L_simple + 0.001 L_vlb); "hybrid" insists on a learned variance.
       "kl":           the variational bound term L_{t-1} (the decoder NLL at t=0) in bits/dim.
       "rescaled_kl":  the same times T, an unbiased estimate of the whole bound minus L_T.
-    Returns {"loss": [B], "mse": [B] (mse losses), "vb": [B] (when computed)}.
-    """
+    Returns {"loss": [B], "mse": [B] (mse losses), "vb": [B] (when computed)}."""
     diffusion.check_types(mean_type, var_type)
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"Unknown loss_type {loss_type!r}; choose one of {LOSS_TYPES}.")
@@ -170,7 +156,6 @@ def losses_from_output(
 
     mean_output, var_values = diffusion.split_output(model_output, x_t=x_t, var_type=var_type)
     if var_values is not None:
-        # Only the variance learns from the bound: the mean is trained by the MSE alone.
         frozen = jnp.concatenate([jax.lax.stop_gradient(mean_output), var_values], axis=-1)
         vb = vb_terms_bpd(schedule, x_t, t, x_start=x_start, model_output=frozen, **types)
         vb = vb["output"]
@@ -199,7 +184,6 @@ def training_losses(
     var_type: VarType = "fixed_large",
 ) -> dict[str, jnp.ndarray]:
     """Diffuses x_0 to x_t with `noise`, runs the network, and returns `losses_from_output`'s terms.
-
     `t` [B] are the timesteps (see `diffusion_jax.core.timestep_sampling` for uniform and importance
     sampled draws and their weights); `rng` drives dropout when `train`."""
     x_t = diffusion.q_sample(schedule, x_start, t, noise=noise)
@@ -233,13 +217,11 @@ def calc_bpd_loop(
     clip_denoised: bool = True,
 ) -> dict[str, jnp.ndarray]:
     """The whole variational bound of a batch in bits/dim, one compiled scan over t = T-1, ..., 0.
-
-    At each t a fresh x_t ~ q(x_t | x_0) (noise from fold_in(rng, t)) gives one bound term.
-    `rng` is one key for the batch, or a batch of keys [B] (one per example: example i's noise is
-    then normal(fold_in(rng[i], t)), so its bound does not depend on the batch it is in).
-    Returns, per example: total_bpd [B] = prior_bpd + sum_t vb[:, t]; prior_bpd [B] (L_T);
-    vb [B, T], xstart_mse [B, T] and mse [B, T] (eps MSE), each indexed by t (column t is step t,
-    as in DDPM's code; improved-diffusion stores the same columns in reverse order)."""
+    At each t a fresh x_t ~ q(x_t | x_0) (noise from fold_in(rng, t)) gives one bound term. `rng`
+    is one key for the batch, or keys [B] (example i's noise is then normal(fold_in(rng[i], t)), so
+    its bound does not depend on the batch it is in). Returns, per example: total_bpd [B] =
+    prior_bpd + sum_t vb[:, t]; prior_bpd [B] (L_T); vb [B, T], xstart_mse [B, T] and mse [B, T]
+    (eps MSE), column t being step t as in DDPM's code (improved-diffusion reverses the columns)."""
     batch = x_start.shape[0]
     types = dict(mean_type=mean_type, var_type=var_type, clip_denoised=clip_denoised)
     typed = jnp.issubdtype(rng.dtype, jax.dtypes.prng_key)

@@ -8,10 +8,8 @@
 Every table is computed in float64 with numpy and stored as float32, so a schedule of T=4000 steps
 keeps the precision of the reference implementations (DDPM's `diffusion_utils_2.py`,
 improved-diffusion's `gaussian_diffusion.py`). Timesteps are indexed from 0: t=0 is the first
-diffusion step, whose posterior is the data decoder.
-
-The schedule is a constant of the method, never a parameter: keep it out of the parameter and
-EMA pytrees, and pass it to jitted functions as an argument or a closure.
+diffusion step, whose posterior is the data decoder. The schedule is a constant, never a parameter:
+keep it out of the parameter and EMA pytrees; pass it to jitted functions as argument or closure.
 """
 
 from __future__ import annotations
@@ -24,9 +22,6 @@ import numpy as np
 from flax import struct
 
 BETA_SCHEDULES = ("linear", "cosine", "quadratic", "sigmoid")
-
-
-# ----------------------------------------------------------------------------- beta schedules
 
 
 def _scaled_endpoints(
@@ -56,9 +51,7 @@ def quadratic_beta_schedule(
 def sigmoid_beta_schedule(
     num_timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02
 ) -> np.ndarray:
-    """beta_t = beta_start + (beta_end - beta_start) * sigmoid(linspace(-6, 6)).
-
-    The endpoints scale by 1000/T, as for the linear schedule."""
+    """beta_t = beta_start + (beta_end - beta_start) sigmoid(linspace(-6, 6)), scaled by 1000/T."""
     start, end = _scaled_endpoints(num_timesteps, beta_start, beta_end)
     s = 1.0 / (1.0 + np.exp(-np.linspace(-6.0, 6.0, num_timesteps, dtype=np.float64)))
     return start + (end - start) * s
@@ -93,17 +86,12 @@ def get_beta_schedule(name: str, num_timesteps: int, **kwargs) -> np.ndarray:
     return _SCHEDULE_FNS[name](int(num_timesteps), **kwargs)
 
 
-# ----------------------------------------------------------------------------- the Schedule pytree
-
-
 @struct.dataclass
 class Schedule:
-    """Every table of a diffusion process with T steps, each a float32 array of shape [T].
-
-    Names follow improved-diffusion's `GaussianDiffusion`. `timestep_map[t]` is the timestep of the
-    original (unrespaced) process that step t stands for; it is what a network trained on the
-    original process must be given as its time input. It is the identity when not respaced.
-    """
+    """Every table of a diffusion process with T steps, each a float32 array [T]; names follow
+    improved-diffusion's `GaussianDiffusion`. `timestep_map[t]` is the timestep of the original
+    (unrespaced) process that step t stands for, the time input a network trained on the original
+    process must be given (the identity when not respaced)."""
 
     betas: jnp.ndarray
     alphas_cumprod: jnp.ndarray  # alpha_bar_t
@@ -183,18 +171,13 @@ def schedule_from_betas(
     return Schedule(**arrays, timestep_map=jnp.asarray(timestep_map, dtype=jnp.int32))
 
 
-# ----------------------------------------------------------------------------- respacing
-
-
 def space_timesteps(num_timesteps: int, section_counts: str | int | Sequence[int]) -> list[int]:
-    """The timesteps kept when respacing a process of `num_timesteps` steps (sorted).
-
-    `section_counts` follows improved-diffusion: "ddimN" keeps every k-th step starting at 0 for the
-    integer stride k that gives exactly N steps (DDIM's uniform skipping); "ddimqN" keeps the N
-    quadratically spaced steps of `quadratic_timesteps` (DDIM's "quad" skipping); "10,15,20" (or a
-    list) splits the process into equal sections and keeps that many evenly spaced steps from each,
-    including both ends of each section; an integer N is one section of N steps.
-    """
+    """The sorted timesteps kept when respacing a process of `num_timesteps` steps.
+    `section_counts` follows improved-diffusion: "ddimN" keeps every k-th step from 0 for the
+    integer stride k that gives exactly N steps (DDIM's uniform skipping); "ddimqN" the N steps of
+    `quadratic_timesteps` (DDIM's "quad" skipping); "10,15,20" (or a list) splits the process into
+    equal sections and keeps that many evenly spaced steps from each, both ends of each section
+    included; an integer N is one section of N steps."""
     if isinstance(section_counts, str):
         spec = section_counts.strip()
         if spec.startswith("ddimq"):
@@ -248,12 +231,10 @@ def space_timesteps(num_timesteps: int, section_counts: str | int | Sequence[int
 
 def quadratic_timesteps(num_timesteps: int, count: int) -> list[int]:
     """`count` steps crowded near t=0: DDIM's "quad" skip type (Song et al. 2021, CIFAR10 runs).
-
     The rule of the DDIM code: s_i = int(linspace(0, sqrt(0.8 T), count)[i] ** 2) (truncation, so
     the last step is int(0.8 T)). Near 0 the squares are closer than 1 apart and repeat; where the
     DDIM code would visit a step twice, each repeat here moves up to one past its predecessor,
-    s_i = max(s_i, s_{i-1} + 1), so exactly `count` distinct increasing steps are returned.
-    """
+    s_i = max(s_i, s_{i-1} + 1), so exactly `count` distinct increasing steps are returned."""
     if count < 2 or count > num_timesteps:
         raise ValueError(
             f"Cannot take {count} quadratically spaced steps from {num_timesteps}; "
@@ -273,11 +254,9 @@ def quadratic_timesteps(num_timesteps: int, count: int) -> list[int]:
 def respace_betas(
     betas: Sequence[float] | np.ndarray, use_timesteps: Iterable[int]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Betas of the process that visits only `use_timesteps`, keeping alpha_bar at each kept step.
-
+    """Betas of the process that visits only `use_timesteps`, keeping alpha_bar at each kept step:
     beta'_i = 1 - alpha_bar_{k_i} / alpha_bar_{k_{i-1}} (alpha_bar before the first kept step is 1).
-    Returns (new_betas [K] float64, timestep_map [K] int: original index of each new step).
-    """
+    Returns (new_betas [K] float64, timestep_map [K] int: original index of each new step)."""
     betas = np.asarray(betas, dtype=np.float64)
     keep = np.array(sorted(set(int(t) for t in use_timesteps)), dtype=np.int64)
     if keep.size < 2 or keep[0] < 0 or keep[-1] >= betas.shape[0]:

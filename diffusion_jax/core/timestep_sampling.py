@@ -9,9 +9,8 @@
 
 Importance sampling is improved DDPM's (Nichol & Dhariwal 2021, section 3.3) for L_vlb: p_t is
 proportional to sqrt(E[L_t^2]) over the last `history` losses seen at each t, mixed with a uniform
-share, and uniform until every t has a full history. The weights 1 / (T p_t) keep the estimate of
-the mean loss unbiased. The history is a plain pytree, so it checkpoints with the train state;
-under data parallelism, update it with the losses gathered from every device.
+share, and uniform until every t has a full history. The history is a plain pytree that
+checkpoints with the train state; under data parallelism, update it with every device's losses.
 """
 
 from __future__ import annotations

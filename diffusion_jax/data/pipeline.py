@@ -8,25 +8,18 @@
     state = it.get_state()                  # a small JSON-able dict; it.set_state(state) resumes
     for batch in data.make_eval_iterator(config.data, batch_size=256):  # one pass, in order
         ...
-
-Checkpointing with orbax (grain registers its handler for these argument types):
-
+    # checkpointing with orbax (grain registers its handler for these argument types):
     manager.save(step, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(it), ...))
     manager.restore(step, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(it)))
 
 The training pipeline is a `grain.MapDataset` (random access, so its position is one integer):
-
-    source -> seed(seed) -> shuffle -> repeat -> preprocess -> random flip -> batch(B / P)
-           -> [host::hosts]
-
-The shuffle is a permutation of the whole dataset, different in each epoch (grain folds the epoch
-into the seed), and the flip randomness is a function of the seed and the example's position in
-that global order. Global batch b is the examples at positions [b * B, (b + 1) * B) of the global
-order, in that order, whatever the number of hosts P: host p reads only its contiguous block of
-B / P of them (the rows its devices hold), so hosts never read the same example within an epoch,
-and the stream, the global batch and hence the training run depend only on the seed (a run on 2
-hosts of 4 devices computes what one host of 8 does). Datasets: see `DATASETS` and
-`diffusion_jax.data.sources`.
+source -> seed(seed) -> shuffle -> repeat -> preprocess -> random flip -> batch(B / P) ->
+[host::hosts]. The shuffle is a permutation of the whole dataset, new in each epoch (grain folds
+the epoch into the seed); the flip randomness is a function of the seed and the example's position
+in that global order. Global batch b is positions [b * B, (b + 1) * B) of that order, in order,
+whatever the number of hosts P: host p reads only its contiguous block of B / P (the rows its
+devices hold), so hosts never read the same example within an epoch, and the training run depends
+only on the seed (2 hosts of 4 devices compute what one host of 8 does). Datasets: see `DATASETS`.
 """
 
 from __future__ import annotations
@@ -118,11 +111,9 @@ def _image_shape(name: str, height, width, channels: int, image_size: int) -> tu
 
 
 def dataset_info(data_config: Any) -> DatasetInfo:
-    """Shape, classes and split sizes of `data_config.dataset`, without reading examples.
-
-    For TFDS datasets this reads the prepared builder's metadata and raises
-    `DatasetNotFoundError` (with the command to run) when the dataset is not prepared.
-    """
+    """Shape, classes and split sizes of `data_config.dataset`, without reading examples. For TFDS
+    datasets this reads the prepared builder's metadata and raises `DatasetNotFoundError` (with the
+    command to run) when the dataset is not prepared."""
     name = _get(data_config, "dataset", "digits")
     image_size = int(_get(data_config, "image_size", 0))
     _check_name(name)
@@ -147,8 +138,7 @@ def dataset_info(data_config: Any) -> DatasetInfo:
     return DatasetInfo(name, shape, num_classes, sizes, eval_split)
 
 
-# The native shape of each TFDS image dataset, so a trained or imported run can sample without the
-# data being prepared on this machine.
+# Native shapes of the TFDS datasets: a trained or imported run samples without its data prepared.
 _TFDS_SHAPES = {
     "cifar10": (32, 32, 3),
     "mnist": (28, 28, 1),
@@ -192,10 +182,7 @@ def open_source(data_config: Any, split: str = "train"):
     return TfdsSource(tfds_builder(name, _get(data_config, "data_dir", "")), split)
 
 
-# ----------------------------------------------------------------------------------------------
-# Preprocessing. Transform classes, not lambdas: grain's worker processes receive them by pickle.
-
-
+# Transform classes, not lambdas: grain's worker processes receive them by pickle.
 @dataclasses.dataclass(frozen=True)
 class Preprocess(grain.transforms.Map):
     """uint8 [H, W, C] -> centre-crop/resize to image_size -> float32 in [-1, 1]; label: int32."""
@@ -276,13 +263,10 @@ def make_train_iterator(
     process_count: int | None = None,
     split: str = "train",
 ) -> grain.DatasetIterator:
-    """An endless, shuffled, checkpointable iterator of this host's share of each global batch.
-
-    Yields {"image": float32 [global_batch_size // process_count, *info.shape], "label": int32
-    [global_batch_size // process_count]} (label only with use_labels). Deterministic given
-    `seed` (a non-negative int); supports `get_state()` / `set_state()` and grain's orbax
-    handler. `process_index` / `process_count` default to JAX's.
-    """
+    """An endless, shuffled, checkpointable iterator of this host's share of each global batch:
+    {"image": float32 [global_batch_size // process_count, *info.shape], "label": int32
+    [global_batch_size // process_count]} (label only with use_labels). Deterministic given `seed`
+    (a non-negative int); `process_index` / `process_count` default to JAX's."""
     process_index, process_count = _hosts(process_index, process_count)
     if global_batch_size <= 0 or global_batch_size % process_count:
         raise ValueError(
@@ -299,9 +283,8 @@ def make_train_iterator(
     ds = ds.seed(seed).shuffle().repeat().map(preprocess)
     if _get(data_config, "random_flip", False):
         ds = ds.random_map(RandomFlip())
-    # Blocks of B / P consecutive examples; global batch b is blocks b * P .. b * P + P - 1, and
-    # host p reads block b * P + p: the rows [p * B / P, (p + 1) * B / P) of every global batch,
-    # the rows that its devices hold (parallel.global_batch).
+    # Blocks of B / P examples: global batch b is blocks b * P .. b * P + P - 1, and host p reads
+    # block b * P + p, the rows its devices hold (parallel.global_batch).
     ds = ds.batch(global_batch_size // process_count, drop_remainder=True)
     ds = ds[process_index::process_count]
     return _iterator(ds, data_config, source)
@@ -317,11 +300,8 @@ def make_eval_iterator(
     drop_remainder: bool = False,
 ) -> grain.DatasetIterator:
     """One pass over `split` in dataset order: no shuffle, no flip; the last batch may be short.
-
-    `split=None` is the dataset's held-out split (`dataset_info(...).eval_split`: digits, toy2d,
-    cifar10, mnist and fashion_mnist "test"; LSUN "validation"; celeb_a_hq and folder "train").
-    With several hosts each reads every `process_count`-th example.
-    """
+    `split=None` is the held-out split (`dataset_info(...).eval_split`: "test", else "validation",
+    else "train"). With several hosts each reads every `process_count`-th example."""
     process_index, process_count = _hosts(process_index, process_count)
     if split is None:
         split = dataset_info(data_config).eval_split

@@ -7,14 +7,11 @@
     source = data_sources.TfdsSource(builder, "train")           #   when not prepared
     data_sources.prepare_data("cifar10")             # one-off download (needs TensorFlow)
 
-Every source has `__len__` and `__getitem__(i) -> {"image": ..., "label": int}`, the protocol of
-`grain.sources.RandomAccessDataSource`, and pickles cheaply (grain's worker processes are spawned
-and receive the source by pickle). Images are uint8 [H, W, C]; `toy2d` yields float32 [2] points.
-Preprocessing (crop, resize, scaling to [-1, 1], flips) lives in `diffusion_jax.data.pipeline`.
-
-TFDS is read through `builder.as_data_source` (array_record files, no TensorFlow import). Preparing
-a TFDS dataset is different: TFDS encodes images with TensorFlow while writing, so `prepare_data`
-needs `tensorflow` (and LSUN also `tensorflow-io`) installed; training never does.
+Every source has `__len__` and `__getitem__(i) -> {"image": ..., "label": int}` (the protocol of
+`grain.sources.RandomAccessDataSource`) and pickles cheaply: grain's spawned worker processes
+receive it by pickle. Images are uint8 [H, W, C]; `toy2d` yields float32 [2] points. Preprocessing
+(crop, resize, scaling to [-1, 1], flips) lives in `pipeline`. TFDS is read through
+`builder.as_data_source` (array_record files, no TensorFlow import); only `prepare_data` needs it.
 """
 
 from __future__ import annotations
@@ -60,16 +57,10 @@ class DataPreparationError(RuntimeError):
     """`prepare_data` could not prepare a TFDS dataset; the message says why and what to do."""
 
 
-# ----------------------------------------------------------------------------------------------
-# Image helpers
-
-
 def center_crop_resize(image: np.ndarray, size: int) -> np.ndarray:
-    """Centre-crops uint8 [H, W, C] to a square and resizes it to [size, size, C] with PIL.
-
-    Shrinking uses BICUBIC with `reducing_gap=2`, so PIL first box-averages by an integer factor
-    (anti-aliasing, like area resizing) and then resamples; enlarging uses BILINEAR.
-    """
+    """Centre-crops uint8 [H, W, C] to a square and resizes it to [size, size, C] with PIL:
+    shrinking uses BICUBIC with `reducing_gap=2`, so PIL first box-averages by an integer factor
+    (anti-aliasing, like area resizing) and then resamples; enlarging uses BILINEAR."""
     height, width, channels = image.shape
     side = min(height, width)
     top, left = (height - side) // 2, (width - side) // 2
@@ -93,16 +84,10 @@ def load_rgb(path: str | os.PathLike) -> np.ndarray:
         raise ImageDecodeError(f"Cannot decode image file {path}: {e}") from e
 
 
-# ----------------------------------------------------------------------------------------------
-# TFDS
-
-
 def tfds_builder(name: str, data_dir: str = ""):
     """The TFDS builder of our dataset `name`, checked to be prepared in the array_record format.
-
-    Only reads the builder's metadata (fast, offline). Raises `DatasetNotFoundError` saying which
-    directory was searched and what to run when the dataset is not there.
-    """
+    Reads only its metadata (fast, offline); raises `DatasetNotFoundError`, saying which directory
+    was searched and what to run, when the dataset is not there."""
     import tensorflow_datasets as tfds
 
     builder = tfds.builder(TFDS_NAMES[name], data_dir=data_dir or None)
@@ -169,10 +154,8 @@ class TfdsSource:
 
 def prepare_data(name: str, data_dir: str = "", manual_dir: str = "") -> str:
     """Downloads and prepares TFDS dataset `name` in the array_record format; returns its dir.
-
-    A no-op when it is already prepared. Needs network (or the manual files) and TensorFlow:
-    TFDS encodes images with TensorFlow while writing; reading later does not need it.
-    """
+    A no-op when already prepared. Needs network (or the manual files) and `tensorflow` (LSUN also
+    `tensorflow-io`): TFDS encodes images with TensorFlow while writing; reading never needs it."""
     if name not in TFDS_NAMES:
         raise ValueError(
             f"prepare-data handles the TFDS datasets {sorted(TFDS_NAMES)}, not {name!r} "
@@ -213,16 +196,10 @@ def prepare_data(name: str, data_dir: str = "", manual_dir: str = "") -> str:
     return str(builder.data_dir)
 
 
-# ----------------------------------------------------------------------------------------------
-# Image folder
-
-
 class ImageFolderSource:
-    """PNG/JPEG files under `root` (recursively), decoded to RGB uint8 [H, W, 3] (sizes vary).
-
-    The label of a file is the index of its first-level sub-folder among the sorted sub-folder
-    names; with no sub-folders every image is class 0 (`num_classes == 0`: unlabelled).
-    """
+    """PNG/JPEG files under `root` (recursively), decoded to RGB uint8 [H, W, 3] (sizes vary). A
+    file's label is the index of its first-level sub-folder among the sorted sub-folder names; with
+    no sub-folders every image is class 0 (`num_classes == 0`: unlabelled)."""
 
     def __init__(self, root: str | os.PathLike):
         root = Path(root).expanduser()
@@ -269,10 +246,6 @@ class ImageFolderSource:
         return f"ImageFolderSource({self.root!r}, {len(self)} images, {self.num_classes} classes)"
 
 
-# ----------------------------------------------------------------------------------------------
-# scikit-learn digits
-
-
 @functools.cache
 def _load_digits() -> tuple[np.ndarray, np.ndarray]:
     from sklearn.datasets import load_digits
@@ -282,11 +255,9 @@ def _load_digits() -> tuple[np.ndarray, np.ndarray]:
 
 
 def digits_split_indices(split: str) -> np.ndarray:
-    """Indices into `sklearn.datasets.load_digits()` of our fixed split.
-
-    Test = every 10th example of each class in dataset order (the 1st, 11th, ...): 185 test and
-    1,612 train images. A rule, not a random draw, so it cannot change with library versions.
-    """
+    """Indices into `sklearn.datasets.load_digits()` of our fixed split: test is every 10th example
+    of each class in dataset order (the 1st, 11th, ...), 185 test and 1,612 train images. A rule,
+    not a random draw, so it cannot change with library versions."""
     target = _load_digits()[1]
     is_test = np.zeros(len(target), bool)
     for c in range(10):
@@ -311,10 +282,6 @@ class DigitsSource:
 
     def __getitem__(self, index: int) -> dict:
         return {"image": self.images[index], "label": int(self.labels[index])}
-
-
-# ----------------------------------------------------------------------------------------------
-# toy2d
 
 
 def _toy2d_draw(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -4,11 +4,10 @@
     scores = evaluate.sample_metrics(samples_uint8, extractor, reference)   # fid, is, kid, ...
     bpd.dataset_bpd(run, split="test")                                      # the NLL bound
 
-`evaluate` (reference statistics, sample metrics of a run), `bpd` (the bound in bits/dim over a
-split), `metrics` (FID, Inception Score, KID, statistics files), `precision_recall` (k-NN
-precision/recall), `two_sample` (kernel MMD tests), `extractor` (the extractor protocol and
-batching), `features` (the Inception and classifier extractors, dataset images), `inception`
-(FID's Inception-v3 in Flax), `inception_weights` (pytorch-fid's weights: fetched, converted,
-loaded). Evaluation may import core, configs, models, data, parallel, checkpoint, setup and
-sampling; never training (whose hooks call it), pretrained or the command line.
+`evaluate` (reference statistics, sample metrics), `bpd` (bits/dim), `metrics` (FID, IS, KID,
+statistics files), `precision_recall`, `two_sample` (kernel MMD tests), `extractor` (protocol,
+batching), `features` (extractors, dataset images), `inception` (FID's Inception-v3 in Flax),
+`inception_weights` (pytorch-fid's weights). Evaluation may import core, configs, models, data,
+parallel, checkpoint, setup and sampling; never training (whose hooks call it), pretrained or the
+command line.
 """

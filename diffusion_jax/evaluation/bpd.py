@@ -29,16 +29,11 @@ def dataset_bpd(
     seed: int = 0,
     progress: bool = False,
 ) -> dict[str, float]:
-    """The full T-step variational bound over a dataset split, in bits/dim (DDPM's NLL).
-
-    `run` is a `sampling.runs.Run` (its config's data, diffusion and parameters). Example i of the
-    split gets the noise key fold_in(PRNGKey(seed), i), so its bound does not depend on the
-    batch size, the padding of the last batch or the number of devices and processes. Batches
-    are split over the local devices; each process reads its share of the split and the sums are
-    gathered once. Returns the means over examples: "bpd" (the bound, L_T + sum of L_t),
-    "prior_bpd" (L_T), "decoder_bpd" (L_0), "vb_bpd" (the L_1..L_{T-1} sum), "mse" (mean eps
-    MSE over t) and "num_examples"."""
-
+    """The full T-step variational bound of `run` (a `sampling.runs.Run`) over a dataset split in
+    bits/dim. Example i gets the noise key fold_in(PRNGKey(seed), i), so its bound does not depend
+    on the batch size, the last batch's padding or the number of devices and processes. Means over
+    examples of "bpd" (L_T + sum of L_t), "prior_bpd" (L_T), "decoder_bpd" (L_0), "vb_bpd"
+    (L_1..L_{T-1}), "mse" (eps MSE over t), and "num_examples"."""
     d = run.config.diffusion
     schedule = schedules.make_schedule(d.beta_schedule, d.num_timesteps)
     mesh = local_mesh()
@@ -89,7 +84,6 @@ def _padded(rows, size: int) -> np.ndarray:
 
 
 def _mean_over_processes(sums: dict[str, float], count: int, empty: str) -> dict[str, float]:
-    """The means of per-process `sums` over the `count` examples of every process."""
     keys = sorted(sums)
     totals = np.array([sums[k] for k in keys] + [count], np.float64)
     if jax.process_count() > 1:
@@ -106,10 +100,8 @@ def _mean_over_processes(sums: dict[str, float], count: int, empty: str) -> dict
 
 @functools.partial(jax.jit, static_argnames=("apply_fn", "mean_type", "var_type"))
 def _bpd_terms(apply_fn, params, schedule, x0, y, idx, key, *, mean_type, var_type):
-    """Each example's bound terms, with the noise of key fold_in(key, its index in the split).
-    Module-level and jitted on `apply_fn`, so repeated evaluations (training's hook) compile once.
-    """
-
+    """Each example's bound terms, its noise from fold_in(key, its index in the split); jitted at
+    module level on `apply_fn`, so repeated evaluations (training's hook) compile once."""
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(idx)
     out = losses.calc_bpd_loop(
         apply_fn, params, schedule, x0, keys, y=y, mean_type=mean_type, var_type=var_type

@@ -1,18 +1,13 @@
-"""Evaluating a run as the papers do: sample quality against reference statistics, and the
-negative log-likelihood bound in bits/dim over a dataset.
+"""Evaluating a run's sample quality as the papers do: metrics against reference statistics.
 
     extractor = features.get_extractor("inception")
     ref = evaluate.reference_statistics(extractor, data_config=config.data, split="train")
     evaluate.save_reference("cifar10_train.npz", ref)
     scores = evaluate.sample_metrics(samples_uint8, extractor, ref)   # fid, is, kid, precision..
 
-`diffusion-jax ref-stats` and `diffusion-jax evaluate` are the command-line faces of these
-functions (the bound in bits/dim is in `evaluation.bpd`).
-
-A reference (`Reference`) holds the mean and covariance of the extractor's features over a
-dataset split or image folder, and optionally the features themselves: KID and precision/recall
-compare sets of features, not moments, so they need them. Reference files are .npz; the published
-TTUR and clean-fid statistics files (keys mu, sigma) load as references without features.
+`diffusion-jax ref-stats` and `evaluate` run these (the NLL bound in bits/dim: `evaluation.bpd`).
+A `Reference` holds the mean and covariance of the extractor's features over a dataset split or
+image folder, and optionally the features, which KID and precision/recall need (sets, not moments).
 """
 
 from __future__ import annotations
@@ -43,9 +38,6 @@ class Reference:
     extractor: str = ""
     num_images: int = 0
     source: str = ""
-
-
-# ----------------------------------------------------------------------------- references
 
 
 def reference_statistics(
@@ -106,8 +98,7 @@ def save_reference(path: str | Path, ref: Reference) -> Path:
 
 
 def load_reference(path: str | Path) -> Reference:
-    """A reference written by `save_reference`, or a published statistics file (TTUR, clean-fid:
-    Inception features, no `features` array)."""
+    """A `save_reference` file, or a published TTUR / clean-fid one (Inception, no features)."""
     mu, sigma, meta = metrics.load_statistics(path)
     feats = meta.get("features")
     return Reference(
@@ -120,7 +111,21 @@ def load_reference(path: str | Path) -> Reference:
     )
 
 
-# ----------------------------------------------------------------------------- sample metrics
+def cached_reference(
+    extractor: FeatureExtractor, data_config: Any, workdir: str | Path, split: str | None = None
+) -> Reference:
+    """The reference of `data_config`'s `split` under `extractor`, read from
+    workdir/eval/reference_<extractor>[_<split>].npz, or computed and written there (by the main
+    process) on first use."""
+    tag = extractor.name.replace(":", "_").replace("/", "_") + (f"_{split}" if split else "")
+    path = Path(workdir) / "eval" / f"reference_{tag}.npz"
+    if path.exists():
+        return load_reference(path)
+    ref = reference_statistics(extractor, data_config=data_config, split=split)
+    if parallel.is_main_process():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_reference(path, ref)
+    return ref
 
 
 def sample_metrics(
@@ -135,12 +140,9 @@ def sample_metrics(
     pr_k: int = 3,
     seed: int = 0,
 ) -> dict[str, float]:
-    """FID, Inception Score, KID and precision/recall of uint8 `images` against `reference`.
-
-    `metrics_to_compute` is a subset of METRICS; "is" needs no reference. KID and "pr" need the
-    reference's features (a published stats file has none: a ValueError says so). With `labels`
-    (the classes the samples were drawn for) and an extractor whose logits are the same classes,
-    also "class_accuracy": how often the extractor recognises the requested class."""
+    """`metrics_to_compute` (of METRICS) of uint8 `images` against `reference`: "is" needs none,
+    "kid" and "pr" its features (ValueError for a published stats file). With `labels` and an
+    extractor of those classes, also "class_accuracy" (how often its top class is the label)."""
     images = check_images(images, "samples")
     _check_request(metrics_to_compute, reference, extractor)
     feats, logits = extract_split(extractor, images)
@@ -195,9 +197,8 @@ def _check_request(names: Sequence[str], reference: Reference | None, extractor)
 
 
 def extract_split(extractor: FeatureExtractor, images: np.ndarray):
-    """`extractor(images)`, with the work split over the processes: each process extracts the
-    features of its contiguous block of the images, and the blocks are gathered once (every
-    process gets all of them, in order). One process simply calls the extractor."""
+    """`extractor(images)` split over the processes: each extracts its contiguous block, and the
+    blocks are gathered once (every process gets all of them, in order)."""
     pc = jax.process_count()
     if pc == 1:
         return extractor(images)
@@ -207,8 +208,7 @@ def extract_split(extractor: FeatureExtractor, images: np.ndarray):
 
 
 def load_samples(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """(uint8 images, labels or None) of a samples .npz (`arr_0`, as written by
-    `diffusion-jax sample` and read by the FID tools), or a .npy array of images."""
+    """(uint8 images, labels or None) of a `diffusion-jax sample` .npz (arr_0) or .npy of images."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"No samples file {path}: draw some with diffusion-jax sample.")

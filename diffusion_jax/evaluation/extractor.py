@@ -3,13 +3,10 @@
     extract = BatchedExtractor("mine", 64, 10, fn, batch_size=round_up(256, local_mesh().size))
     feats, logits = extract(check_images(images_uint8))    # [N, 64], [N, 10] float64
 
-An extractor (`FeatureExtractor`) is anything with ``name``, ``feature_dim``, ``num_logits`` and
-``__call__(images) -> (features, logits)``, where ``images`` are uint8 [N, H, W, C] as
-`generate.save_samples` writes them. FID, KID and precision/recall use the features, the
-Inception Score the logits. Statistics are only comparable between sets seen by the same extractor,
-so reference files record its ``name`` and `evaluate` refuses a mismatch. `BatchedExtractor` runs a
-jitted batch function over fixed-size batches (the last one padded, so one shape compiles) with the
-batch split over every local device. The concrete extractors are in `features`.
+Images are uint8 [N, H, W, C] as `generate.save_samples` writes them; FID, KID and
+precision/recall use the features, the Inception Score the logits. Statistics are only comparable
+between sets seen by the same extractor, so reference files record its ``name`` and `evaluate`
+refuses a mismatch. The concrete extractors are in `features`.
 """
 
 from __future__ import annotations
@@ -57,12 +54,10 @@ def check_images(images: np.ndarray, what: str = "images") -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class BatchedExtractor:
-    """Runs ``fn(uint8 [B, H, W, C]) -> (features [B, D], logits [B, K])`` over N images.
-
-    ``fn`` takes a host batch and splits it over its devices. Every call uses batches of exactly
-    ``batch_size`` (the last one padded, the padding dropped), so one shape compiles for any N;
-    N below ``batch_size`` is one batch of N rounded up to ``multiple`` (the device count). Batch
-    k is dispatched before batch k - 1 is copied back, so the devices stay busy."""
+    """Runs ``fn(uint8 [B, H, W, C]) -> (features [B, D], logits [B, K])`` (jitted, split over its
+    devices) over N images in batches of exactly ``batch_size`` (the last padded), so one shape
+    compiles for any N; N < ``batch_size`` is one batch of N rounded up to ``multiple`` (the device
+    count). Batch k is dispatched before batch k - 1 is copied back, so the devices stay busy."""
 
     name: str
     feature_dim: int

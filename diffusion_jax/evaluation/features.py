@@ -5,11 +5,8 @@
     feats, logits = extractor(images_uint8)                            # [N, D], [N, K] float64
     for images, labels in features.dataset_images(config.data, split="train"): ...
 
-Both are `extractor.BatchedExtractor`s (the protocol and the batching are in `extractor`).
-`inception_extractor` is FID's Inception-v3 (`inception`) with pytorch-fid's converted weights
-(`inception_weights`). `classifier_extractor` wraps a `train-classifier` run (e.g.
-diffusion_jax/configs/digits_features.py): the CPU-scale experiments' stand-in for Inception, which
-knows nothing of 8x8 digits. `dataset_images` gives a dataset split as uint8 images.
+Both are `extractor.BatchedExtractor`s. A classifier (e.g. configs/digits_features.py) is the
+CPU-scale experiments' stand-in for Inception, which knows nothing of 8x8 digits.
 """
 
 from __future__ import annotations
@@ -43,9 +40,8 @@ def inception_extractor(
     progress: bool = False,
     devices=None,
 ) -> BatchedExtractor:
-    """The FID feature extractor: loads the converted weights (`load_inception(path)`) and
-    splits each batch over `devices` (default: this process's devices). `batch_size` is rounded
-    up to a multiple of the device count."""
+    """FID's Inception-v3 with pytorch-fid's weights (`load_inception(path)`), each batch split over
+    `devices` (default: this process's); `batch_size` is rounded up to a multiple of their count."""
     module, variables = load_inception(path)
     devices = jax.local_devices() if devices is None else list(devices)
     fn = inception.make_inception_fn(module, variables, devices=devices)
@@ -56,10 +52,8 @@ def inception_extractor(
 def classifier_extractor(
     workdir: str | Path, *, batch_size: int = 256, progress: bool = False
 ) -> BatchedExtractor:
-    """The pooled features and logits of a `train-classifier` run at t = 0.
-
-    Images are scaled to [-1, 1] as the data pipeline does; their shape must be the classifier's
-    input shape (a ValueError says which it expects)."""
+    """The pooled features and logits at t = 0 of a `train-classifier` run, of images scaled to
+    [-1, 1] as the data pipeline does, in the classifier's input shape (else a ValueError)."""
     module, params = runs.load_classifier(workdir)
     shape = tuple(runs.saved_config(workdir, "train-classifier")["classifier"]["image_shape"])
     feature_dim = module.ch * module.ch_mult[-1]
@@ -120,9 +114,8 @@ def get_extractor(
 def dataset_images(
     data_config: Any, *, split: str | None = None, batch_size: int = 256, max_images: int = 0
 ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
-    """(uint8 images [B, H, W, C], labels [B] or None) of a dataset split, in order, as the model
-    sees them (resized and cropped to `data.image_size`, no flips); at most `max_images` (0: all).
-    Each process reads its own share of the split."""
+    """(uint8 images [B, H, W, C], labels [B] or None) of this process's share of a split, in order,
+    as the model sees them (resized, cropped, no flips); at most `max_images` (0: all)."""
     from diffusion_jax.data import pipeline as data
 
     seen = 0

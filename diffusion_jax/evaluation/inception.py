@@ -4,13 +4,9 @@
     fn = inception.make_inception_fn(module, variables)       # split over this process's devices
     pool, logits = fn(images_uint8)                           # [N, 2048] pool, [N, 1008] logits
 
-The network is the 2015-12-05 TensorFlow Inception graph that TTUR's FID, the DDPM paper and
-pytorch-fid use (pytorch-fid's `FIDInceptionV3`): torchvision's Inception-v3 with the FID-specific
-blocks (average pools that ignore padding, a max pool in the last block's pool branch) and a
-1008-way classifier. Images in [0, 255] of any size are resized to 299x299 as pytorch-fid does
-(bilinear, half-pixel centres, no antialiasing) and scaled to [-1, 1]. BatchNorm uses its running
-statistics: the network is only ever evaluated. Its weights (`inception_weights`) and the
-extractor over many images (`features.inception_extractor`) build on this module.
+It is the 2015-12-05 TensorFlow Inception graph of TTUR's FID, the DDPM paper and pytorch-fid:
+torchvision's Inception-v3 with FID's pooling quirks and a 1008-way classifier. Images in [0, 255]
+of any size are resized to 299x299 as pytorch-fid does (`resize_bilinear`) and scaled to [-1, 1].
 """
 
 from __future__ import annotations
@@ -135,9 +131,8 @@ class InceptionD(_Block):
 
 
 class FIDInceptionE(_Block):
-    """FIDInceptionE_1 (average pool without padding) or, with max_pool, FIDInceptionE_2.
-
-    The 2015 graph's last block pools with a max pool where the paper has an average pool."""
+    """FIDInceptionE_1 (average pool without padding) or, with max_pool, FIDInceptionE_2: the 2015
+    graph's last block pools with a max pool where the paper has an average pool."""
 
     max_pool: bool = False
 
@@ -160,9 +155,8 @@ class FIDInceptionE(_Block):
 
 
 def resize_bilinear(images: jax.Array, size: int = INPUT_SIZE) -> jax.Array:
-    """[B, H, W, C] float -> [B, size, size, C], as torch's F.interpolate(mode="bilinear",
-    align_corners=False): half-pixel centres, edge pixels repeated, no antialiasing when
-    shrinking (pytorch-fid's resize)."""
+    """[B, H, W, C] float -> [B, size, size, C] as pytorch-fid's F.interpolate(mode="bilinear",
+    align_corners=False): half-pixel centres, edge pixels repeated, no antialiasing."""
     b, h, w, c = images.shape
     if (h, w) == (size, size):
         return images
@@ -170,11 +164,9 @@ def resize_bilinear(images: jax.Array, size: int = INPUT_SIZE) -> jax.Array:
 
 
 class FIDInceptionV3(nn.Module):
-    """images [B, H, W, 3] in [0, 255] -> (pool [B, 2048], logits [B, 1008]), both float32.
-
-    Submodule names follow the torch state dict (Conv2d_1a_3x3, Mixed_5b, ...), so the
-    conversion is a renaming. `precision` applies to the convolutions and the classifier; the
-    default (highest) keeps GPUs from computing float32 convolutions in TF32."""
+    """images [B, H, W, 3] in [0, 255] -> (pool [B, 2048], logits [B, 1008]), both float32, with
+    the torch state dict's submodule names (Conv2d_1a_3x3, ...): conversion is a renaming.
+    `precision` (convolutions, classifier): the default HIGHEST keeps GPUs from using TF32."""
 
     dtype: Any = jnp.float32
     precision: Any = jax.lax.Precision.HIGHEST
@@ -230,12 +222,9 @@ def _apply(module: FIDInceptionV3, variables, images):
 def make_inception_fn(
     module: FIDInceptionV3, variables: Mapping, *, devices=None
 ) -> Callable[[Any], tuple[jax.Array, jax.Array]]:
-    """A jitted images [B, H, W, 3] (uint8, or float in [0, 255]) -> (pool [B, 2048],
-    logits [B, 1008]) float32, the batch split over a 1-D mesh of `devices` (default: this
-    process's devices; each host extracts features of its own images).
-
-    A batch that does not split evenly is padded to a multiple of the device count and the pad
-    dropped from the outputs. Each new (B, H, W, dtype) compiles once."""
+    """Jitted images [B, H, W, 3] (uint8, or float in [0, 255]) -> float32 (pool [B, 2048], logits
+    [B, 1008]), split over `devices` (default: this process's, as each host extracts its own) after
+    padding to a multiple of their count; compiles once per (B, H, W, dtype)."""
     devices = jax.local_devices() if devices is None else list(devices)
     mesh = parallel.data_mesh(devices)
     variables = jax.device_put(variables, parallel.replicated(mesh))

@@ -4,11 +4,8 @@
     inception_weights.fetch_inception(src="pt_inception-2015-12-05-6726825d.pth")   # or offline
     module, variables = inception_weights.load_inception()     # no torch needed
 
-The weights come from pytorch-fid's `pt_inception-2015-12-05-6726825d.pth`: `fetch_inception`
-downloads it (or takes a copy), checks its sha256, reads it with torch, converts it with
-`convert_state_dict` (plain numpy: every tensor fills exactly one leaf of `inception`'s network)
-and writes an .npz to `default_weights_path()` that `load_inception` reads without torch.
-`diffusion-jax fetch-inception` calls `fetch_inception`.
+`fetch_inception` downloads or copies that .pth, checks its sha256, reads it with torch, converts it
+(`convert_state_dict`, numpy) and writes an .npz that `load_inception` reads without torch.
 """
 
 from __future__ import annotations
@@ -57,8 +54,7 @@ def _unflatten(flat: Mapping[str, Any]) -> dict:
 
 
 def _flax_key(torch_key: str) -> tuple[str | None, Callable[[np.ndarray], np.ndarray] | None]:
-    """torch state-dict key -> (Flax leaf key, transform), (None, None) when ignored, or
-    raises KeyError when no rule applies."""
+    """torch key -> (Flax leaf key, transform); (None, None) if ignored, KeyError if no rule."""
     *path, leaf = torch_key.split(".")
     owner = path[-1] if path else ""
     modules = "/".join(path)
@@ -89,12 +85,9 @@ def _listing(keys, limit: int = 12) -> str:
 
 
 def convert_state_dict(state_dict: Mapping[str, np.ndarray]) -> dict:
-    """pytorch-fid's FIDInceptionV3 state dict (numpy arrays) -> {"params", "batch_stats"}.
-
-    Every tensor must fill exactly one Flax leaf and every leaf must be filled; BatchNorm's
-    `num_batches_tracked` counters (absent from older files) are dropped. Conv weights go from
-    OIHW to HWIO and the classifier's weight is transposed. Raises ValueError naming every
-    unexpected, missing or misshapen key."""
+    """pytorch-fid's FIDInceptionV3 state dict (numpy) -> {"params", "batch_stats"}: every tensor
+    must fill exactly one Flax leaf and every leaf be filled (BatchNorm's `num_batches_tracked`,
+    absent from older files, is dropped), else a ValueError names every bad key."""
     expected = variable_shapes()
     flat: dict[str, np.ndarray] = {}
     unexpected, misshapen, misshapen_keys = [], [], set()
@@ -224,12 +217,9 @@ def fetch_inception(
     *,
     check_hash: bool = True,
 ) -> Path:
-    """Converts pytorch-fid's .pth (downloaded when `src` is None) into an .npz at `out`
-    (default `default_weights_path()`) and returns its path.
-
-    The source's sha256 must start with 6726825d (unless check_hash=False). Reading the .pth
-    needs torch; the written file does not. The .npz holds the variables under "/"-joined keys
-    ("params/Mixed_5b/branch1x1/conv/kernel") and metadata under "__meta__/"."""
+    """Converts pytorch-fid's .pth (downloaded if `src` is None; its sha256 must start with 6726825d
+    unless check_hash=False) into an .npz at `out` (default `default_weights_path()`), returned:
+    variables under "/"-joined keys ("params/Mixed_5b/..."), metadata under "__meta__/"."""
     out = Path(out) if out is not None else default_weights_path()
     with tempfile.TemporaryDirectory() as tmp_dir:
         if src is None:
@@ -263,8 +253,8 @@ def fetch_inception(
 
 
 def load_inception(path: str | os.PathLike | None = None) -> tuple[FIDInceptionV3, dict]:
-    """(module, variables) from the .npz that `fetch_inception` wrote (default path:
-    `default_weights_path()`). Raises InceptionWeightsNotFoundError saying how to get it."""
+    """(module, variables) of the .npz `fetch_inception` wrote (default `default_weights_path()`);
+    if absent, InceptionWeightsNotFoundError says how to get it."""
     path = Path(path) if path is not None else default_weights_path()
     if not path.is_file():
         raise InceptionWeightsNotFoundError(

@@ -9,11 +9,9 @@
     is_mean, is_std = metrics.inception_score(logits, splits=10)
     kid_mean, kid_std = metrics.kernel_inception_distance(real_features, fake_features)
 
-Everything here takes features (or classifier logits) that some extractor already produced; the
-numbers are only comparable with published ones when the extractor is the same (Inception-v3 pool3
-for FID / KID, its logits for IS). Means, covariances, FID, IS and KID are computed in float64
-numpy; KID's unbiased MMD^2 is `two_sample`'s estimator with a cubic kernel. Precision and recall
-are in `precision_recall`.
+Inputs are an extractor's features (or logits); scores match published ones only for the same
+extractor (Inception-v3 pool3 for FID / KID, its logits for IS). All in float64 numpy; KID's
+unbiased MMD^2 is `two_sample`'s estimator, cubic kernel. Precision/recall: `precision_recall`.
 """
 
 from __future__ import annotations
@@ -45,11 +43,9 @@ def check_same_dim(d1: int, d2: int, what: str) -> None:
 
 
 class StatsAccumulator:
-    """Running mean and unbiased covariance of feature rows, merged batch by batch in float64.
-
-    Each batch is centred on its own mean and merged with the pairwise update of Chan et al.
-    (M2 += M2_b + delta delta^T n_a n_b / n), so a large common offset does not cancel away the
-    digits of the covariance, and 50,000 x 2048 features never need to be in memory at once."""
+    """Running float64 mean and unbiased covariance of feature rows: batches are centred then merged
+    by Chan et al.'s update (M2 += M2_b + delta delta^T n_a n_b / n), so a common offset does not
+    cancel the covariance's digits, and 50,000 x 2048 features need not fit in memory at once."""
 
     def __init__(self):
         self.num_samples = 0
@@ -84,10 +80,8 @@ class StatsAccumulator:
 
 
 def feature_statistics(features, *, chunk_size: int = 10_000) -> tuple[np.ndarray, np.ndarray]:
-    """(mu [D], sigma [D, D]) of features [N, D]: the mean and unbiased covariance in float64.
-
-    Rows are converted to float64 `chunk_size` at a time, so a float32 array is never copied
-    whole."""
+    """(mu [D], unbiased sigma [D, D]) of features [N, D] in float64; rows are converted
+    `chunk_size` at a time, so a float32 array is never copied whole."""
     features = as_features(features, "features")
     acc = StatsAccumulator()
     for start in range(0, len(features), chunk_size):
@@ -109,15 +103,13 @@ def _check_stats(mu, sigma, name: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _clip_eigenvalues(w: np.ndarray) -> np.ndarray:
-    """Eigenvalues of a PSD matrix with rounding noise zeroed: those below D eps max(w) (the usual
-    numerical-rank cutoff) are 0. The square root would otherwise blow noise of 1e-16 up to 1e-8
-    per null direction, which adds up over the hundreds of null directions of an N < D
-    covariance."""
+    """PSD eigenvalues with those below D eps max(w) (the usual numerical-rank cutoff) zeroed: sqrt
+    would blow 1e-16 noise up to 1e-8 per null direction, which adds up over the hundreds of null
+    directions of an N < D covariance."""
     return np.where(w > len(w) * np.finfo(w.dtype).eps * max(w.max(), 0.0), w, 0.0)
 
 
 def _psd_sqrt(sigma: np.ndarray) -> np.ndarray:
-    """The symmetric square root of a PSD matrix via eigh, with numerically-zero eigenvalues 0."""
     w, v = np.linalg.eigh(sigma)
     return (v * np.sqrt(_clip_eigenvalues(w))) @ v.T
 
@@ -127,13 +119,10 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
 
         |mu1 - mu2|^2 + tr(sigma1) + tr(sigma2) - 2 tr((sigma1 sigma2)^{1/2}).
 
-    sigma1 sigma2 is not symmetric, but it is similar to the PSD matrix
-    S = sigma1^{1/2} sigma2 sigma1^{1/2}, so tr((sigma1 sigma2)^{1/2}) = sum_i sqrt(lambda_i(S)),
-    with sigma1^{1/2} and lambda(S) from `eigh` and numerically-zero (or negative) eigenvalues
-    set to 0. This stays finite and accurate
-    for singular covariances (fewer samples than dimensions), where scipy's sqrtm needs the
-    eps-offset fallback of the reference code. Rounding can leave a value of order -1e-12 for
-    identical statistics; the result is clipped at 0."""
+    sigma1 sigma2 is not symmetric but is similar to the PSD S = sigma1^{1/2} sigma2 sigma1^{1/2},
+    so the trace is sum_i sqrt(lambda_i(S)) (`eigh`, numerically-zero or negative eigenvalues set
+    to 0): finite and accurate for singular covariances (N < D), where scipy's sqrtm needs the
+    reference code's eps-offset fallback. Clipped at 0 (identical statistics can give -1e-12)."""
     mu1, sigma1 = _check_stats(mu1, sigma1, "First statistics")
     mu2, sigma2 = _check_stats(mu2, sigma2, "Second statistics")
     check_same_dim(len(mu1), len(mu2), "The two statistics")
@@ -155,12 +144,9 @@ def _logsumexp(x: np.ndarray, axis: int) -> np.ndarray:
 def inception_score(
     logits_or_probs, splits: int = 10, from_logits: bool = True
 ) -> tuple[float, float]:
-    """(mean, std) of the Inception Score exp(E_x KL(p(y|x) || p(y))) over `splits` chunks.
-
-    As DDPM, TF-GAN and the original IS code report it: the N rows are cut into `splits`
-    contiguous chunks (chunk i is rows [i N // splits, (i + 1) N // splits)), p(y) is the mean of
-    p(y|x) within a chunk, and the mean and (population) std of the chunk scores are returned.
-    `from_logits=False` takes probabilities [N, K] (rows are renormalised in float64)."""
+    """(mean, population std) of the Inception Score exp(E_x KL(p(y|x) || p(y))) over chunks
+    [i N // splits, (i + 1) N // splits) of rows, p(y) the chunk's mean p(y|x), as DDPM, TF-GAN and
+    the original IS code report it. `from_logits=False`: probabilities [N, K] (renormalised)."""
     x = as_features(logits_or_probs, "logits_or_probs").astype(np.float64)
     n = len(x)
     if not 1 <= splits <= n:
@@ -192,7 +178,6 @@ def inception_score(
 
 
 def _cubic_kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """k(x, y) = (x.y / d + 1)^3, the polynomial kernel of KID."""
     return (a @ b.T / a.shape[1] + 1.0) ** 3
 
 
@@ -216,16 +201,12 @@ def _pooled_subset(f_real, f_fake, m, rng):
 def kernel_inception_distance(
     f_real, f_fake, num_subsets: int = 100, subset_size: int = 1000, seed: int = 0
 ) -> tuple[float, float]:
-    """(mean, std) over random subsets of the unbiased MMD^2 with k(x, y) = (x.y / d + 1)^3.
-
-    KID as in Binkowski et al. (2018), TF-GAN and clean-fid: for each of `num_subsets` draws, m
-    rows of each set (m = min(subset_size, N_real, N_fake), without replacement) give
+    """KID as in Binkowski et al. (2018), TF-GAN and clean-fid: (mean, std) over `num_subsets` draws
+    of m = min(subset_size, N_real, N_fake) rows of each set (no replacement) of `two_sample`'s
+    unbiased MMD^2 (0 in expectation for equal distributions, possibly slightly negative)
 
         MMD^2_u = sum_{i!=j} k(x_i, x_j) / (m (m-1)) + sum_{i!=j} k(y_i, y_j) / (m (m-1))
-                  - 2 sum_{i,j} k(x_i, y_j) / m^2,
-
-    (`two_sample`'s estimator, on the pooled kernel matrix); it is 0 in expectation for equal
-    distributions and can be slightly negative."""
+                  - 2 sum_{i,j} k(x_i, y_j) / m^2,   with k(x, y) = (x.y / d + 1)^3."""
     f_real, f_fake, m = _kid_inputs(f_real, f_fake, subset_size)
     rng = np.random.default_rng(seed)
     in_x = np.arange(2 * m) < m
@@ -239,10 +220,9 @@ def kernel_inception_distance(
 def kid_permutation_test(
     f_real, f_fake, num_permutations: int = 200, subset_size: int = 1000, seed: int = 0
 ) -> tuple[float, float]:
-    """(MMD^2_u, p-value) of H0: both feature sets come from the same distribution, with KID's
-    kernel on one random subset of m rows of each set: the p-value is the share of random
-    relabellings of the pooled 2m rows whose statistic is at least the observed one (the test of
-    `two_sample.mmd_permutation_test`, with the cubic kernel instead of a Gaussian)."""
+    """(MMD^2_u, p-value) of H0: both sets share a distribution, on one random subset of m rows of
+    each: `two_sample.mmd_permutation_test` with KID's cubic kernel instead of a Gaussian (the
+    share of random relabellings of the pooled 2m rows with a statistic >= the observed one)."""
     f_real, f_fake, m = _kid_inputs(f_real, f_fake, subset_size)
     rng = np.random.default_rng(seed)
     z = _pooled_subset(f_real, f_fake, m, rng)
@@ -257,9 +237,8 @@ def kid_permutation_test(
 
 
 def save_statistics(path: str | os.PathLike, mu, sigma, **metadata) -> Path:
-    """Write mu [D] and sigma [D, D] (float64) to an npz, with metadata such as num_images=50000,
-    extractor="inception_v3_pool3", dataset="cifar10", split="train", and optionally the raw
-    features=[N, D] array (which KID and precision / recall need). Returns the path written."""
+    """Writes mu [D], sigma [D, D] (float64) and metadata (e.g. num_images=50000, dataset="cifar10",
+    the raw features=[N, D] that KID and precision/recall need) to an npz; returns its path."""
     mu, sigma = _check_stats(mu, sigma, "save_statistics")
     for key, value in metadata.items():
         if np.asarray(value).dtype == object:
@@ -278,14 +257,11 @@ def save_statistics(path: str | os.PathLike, mu, sigma, **metadata) -> Path:
 
 
 def load_statistics(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(mu [D], sigma [D, D], metadata) from an npz, as float64.
-
-    Reads files with keys `mu` and `sigma` (`save_statistics`, TTUR's fid_stats_*.npz, clean-fid's
-    FID stats, guided-diffusion's reference batches), or raw features [N, D] under `features` or
-    `feats` (clean-fid's KID stats), whose statistics are computed (metadata["num_images"] = N
-    unless the file says otherwise). metadata holds the file's scalar entries as Python values
-    and its raw features, if any, as metadata["features"] (as stored); other arrays in the file
-    (images, spatial statistics) are not read."""
+    """float64 (mu [D], sigma [D, D], metadata) of an npz with `mu`, `sigma` (`save_statistics`,
+    TTUR's fid_stats_*.npz, clean-fid's FID stats, guided-diffusion's reference batches) or raw
+    features [N, D] under `features` or `feats` (clean-fid's KID stats; metadata["num_images"] = N
+    unless the file says otherwise). metadata also holds its scalars as Python values and any
+    features as metadata["features"] (as stored); other arrays (images, ...) are not read."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No statistics file at {path}.")

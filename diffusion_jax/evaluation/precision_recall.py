@@ -3,8 +3,7 @@
     precision, recall = precision_recall.precision_recall(real_features, fake_features, k=3)
 
 Each set's manifold is the union of k-NN balls around its points; precision is the share of fake
-points in the real manifold, recall that of real points in the fake one. The pairwise distances
-(50k x 50k at full size) run as jitted JAX blocks of bounded memory.
+points in the real manifold, recall that of real points in the fake one.
 """
 
 from __future__ import annotations
@@ -28,9 +27,8 @@ def _sq_dists(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
 
 @functools.partial(jax.jit, static_argnames="k")
 def _merge_knn(a, b, a_start, b_start, num_valid, nearest, *, k):
-    """Fold block b into `nearest` [A, k], the k smallest squared distances from each row of a to
-    other rows of the same set; a row's own column and padding columns (>= num_valid) are
-    excluded."""
+    """Folds block b into `nearest` [A, k], each row of a's k smallest squared distances to other
+    rows of its set (its own column and padding columns >= num_valid excluded)."""
     d2 = _sq_dists(a, b)  # [A, B]
     rows = a_start + jnp.arange(a.shape[0])[:, None]
     cols = b_start + jnp.arange(b.shape[0])[None, :]
@@ -75,15 +73,9 @@ def _coverage(queries, q_block, num_queries, refs, r_block, radii2) -> float:
 
 
 def precision_recall(real, fake, k: int = 3, batch_size: int = 5000) -> tuple[float, float]:
-    """Improved precision and recall (Kynkaanniemi et al. 2019) of fake features [M, D] against
-    real features [N, D].
-
-    Each set's manifold is the union of balls around its points, of radius the distance to the
-    point's k-th nearest neighbour in the same set (the point itself excluded). Precision is the
-    share of fake points inside the real manifold, recall the share of real points inside the fake
-    manifold. Distances are exact (|a|^2 + |b|^2 - 2 a.b, clipped at 0), computed in jitted
-    [batch_size, batch_size] blocks so that memory stays bounded for 50k x 50k; float32 unless
-    jax_enable_x64 is set."""
+    """(precision, recall) of fake [M, D] against real [N, D] features, with balls of radius the
+    distance to the k-th nearest other point of the same set. Exact distances (`_sq_dists`) in
+    jitted [batch_size]^2 blocks bound memory for 50k x 50k; float32 unless jax_enable_x64."""
     real = as_features(real, "real")
     fake = as_features(fake, "fake")
     check_same_dim(real.shape[1], fake.shape[1], "real and fake")

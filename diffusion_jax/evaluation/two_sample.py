@@ -3,10 +3,9 @@
     mmd2, p = two_sample.mmd_permutation_test(samples, reference, rng=np.random.default_rng(0))
     reject = p < 0.05            # the samples differ from the reference at the 5% level
 
-The statistic is the unbiased MMD^2 (Gretton et al. 2012) with a Gaussian kernel whose bandwidth
-is the median pairwise distance of the pooled samples (the median heuristic); the p-value is the
-share of random relabellings of the pooled samples with a statistic at least as large. Plain
-numpy: the sample sizes here (thousands) fit in memory as one kernel matrix.
+The statistic is the unbiased MMD^2 (Gretton et al. 2012) with a Gaussian kernel of bandwidth the
+median pairwise distance of the pooled samples; the p-value is the share of random relabellings
+with a statistic at least as large. Plain numpy: thousands of samples fit in one kernel matrix.
 """
 
 from __future__ import annotations

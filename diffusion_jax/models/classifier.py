@@ -1,7 +1,5 @@
 """The noise-aware classifier p(y | x_t, t) for classifier guidance (Dhariwal & Nichol 2021).
 
-Usage::
-
     from diffusion_jax.models.classifier import (
         NoisyClassifier, make_classifier_apply_fn, make_classifier_cond_fn)
 
@@ -13,22 +11,17 @@ Usage::
     g = cond_fn(x_t, t_model, y)        # scale * grad_x log p(y | x_t, t), [B, H, W, C]
     x0 = samplers.sample_ancestral(apply_fn, model_params, sched, shape, key, y=y,
                                    guidance=Guidance(cond_fn=cond_fn))  # the 3.0 is in cond_fn
-    # The samplers give y to the network too; to guide an unconditional network, drop it there
-    # (as `generate.generate` does):
+    # the samplers pass y to the network too; an unconditional one drops it (generate.generate):
     uncond_fn = lambda p, x, t, y=None, **kw: apply_fn(p, x, t, None, **kw)
 
-The network is the encoder half of the DDPM U-Net (`models/unet.py`): time-embedding MLP,
-``conv_in``, ResnetBlocks conditioned on the time embedding, attention at ``attn_resolutions``,
-downsampling between levels and the middle block (res, attention, res), followed by
-GroupNorm -> swish -> global average pooling -> Dense(num_classes). This is the "adaptive"
-(average-pooling) head of the paper's classifier; its attention-pooling head is not implemented.
-Unlike the paper, the output layer is not zero-initialised, so an untrained classifier already
-depends on x and t (convenient for tests; training is not affected in practice).
-
-``t`` is the *original* timestep of the diffusion the classifier was trained for (a respaced
-sampler passes ``diffusion.model_timesteps(schedule, t)``, as it does for the denoiser). A
-guidance classifier is trained on q(x_t | x_0) of one schedule, so it must be used with a
-diffusion model of the same beta schedule and number of steps.
+The network is the encoder half of the DDPM U-Net (`models/unet.py`), middle block included, then
+GroupNorm -> swish -> global average pooling -> Dense(num_classes): the "adaptive" (average-pooling)
+head of the paper's classifier; its attention-pooling head is not implemented. Unlike the paper,
+the output layer is not zero-initialised, so an untrained classifier already depends on x and t
+(convenient for tests; training is not affected in practice). ``t`` is the *original* timestep of
+the diffusion the classifier was trained for (a respaced sampler passes
+``diffusion.model_timesteps(schedule, t)``, as for the denoiser). Trained on q(x_t | x_0) of one
+schedule, the classifier must guide a diffusion of the same beta schedule and number of steps.
 """
 
 from __future__ import annotations
@@ -45,6 +38,7 @@ from diffusion_jax.models.layers import (
     Downsample,
     Dtype,
     ResnetBlock,
+    apply_module,
     check_encoder_inputs,
     conv3x3,
     group_norm,
@@ -58,10 +52,8 @@ CondFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 
 class NoisyClassifier(nn.Module):
     """The U-Net encoder with a pooled linear head: ``(x_t [B, H, W, C], t [B]) -> logits``.
-
     Attributes mirror `UNet`'s (same submodule names for the shared part); ``dtype`` is the
-    compute dtype, parameters stay float32 and the logits are float32.
-    """
+    compute dtype, parameters stay float32 and the logits are float32."""
 
     num_classes: int
     ch: int = 128
@@ -111,27 +103,12 @@ class NoisyClassifier(nn.Module):
 
 
 def make_classifier_apply_fn(module: nn.Module) -> ClassifierApplyFn:
-    """Wrap ``module`` as ``classifier_apply(params, x_t, t, *, rng=None, train=False)``.
+    """Wrap ``module`` as ``classifier_apply(params, x_t, t, *, rng=None, train=False)``; ``rng``
+    feeds the 'dropout' collection and is required when ``train=True`` with dropout."""
 
-    ``rng`` feeds the 'dropout' collection and is required when ``train=True`` with dropout.
-    """
-    dropout = float(getattr(module, "dropout", 0.0))
-
-    def classifier_apply(
-        params: Any,
-        x_t: jax.Array,
-        t: jax.Array,
-        *,
-        rng: jax.Array | None = None,
-        train: bool = False,
-    ) -> jax.Array:
-        if train and dropout > 0 and rng is None:
-            raise ValueError(
-                f"train=True with dropout={dropout} needs a PRNG key: call "
-                "classifier_apply(params, x_t, t, rng=key, train=True)."
-            )
-        rngs = None if rng is None else {"dropout": rng}
-        return module.apply({"params": params}, x_t, t, train=train, rngs=rngs)
+    def classifier_apply(params, x_t, t, *, rng=None, train=False) -> jax.Array:
+        call = "classifier_apply(params, x_t, t, rng=key, train=True)"
+        return apply_module(module, params, (x_t, t), rng=rng, train=train, call=call)
 
     return classifier_apply
 
@@ -147,22 +124,17 @@ def classifier_log_prob(
 def make_classifier_cond_fn(
     classifier_apply: ClassifierApplyFn, params: Any, scale: float | jax.Array = 1.0
 ) -> CondFn:
-    """``cond_fn(x_t, t_model, y) = scale * grad_{x_t} log p(y | x_t, t_model)``, [B, ...].
-
-    This is the ``cond_fn`` the samplers accept (``samplers.Guidance(cond_fn=...)``).
+    """``cond_fn(x_t, t_model, y) = scale * grad_{x_t} log p(y | x_t, t_model)``, [B, ...], the
+    ``cond_fn`` the samplers accept (``samplers.Guidance(cond_fn=...)``); ``t_model`` is the
+    original timestep (``diffusion.model_timesteps``), ``y`` [B] int the target classes.
     As in improved-diffusion, the returned gradient already carries ``scale``; the samplers'
     ``classifier_scale`` multiplies it again (mu' = mu + classifier_scale * Sigma * cond_fn, DDIM:
     eps' = eps - sqrt(1 - alpha_bar) * classifier_scale * cond_fn), so set the guidance scale in
-    one place and leave the other at 1. ``t_model`` is the original timestep
-    (``diffusion.model_timesteps``), ``y`` [B] int the target classes.
-
-    The samplers take ``cond_fn`` as a static part of ``Guidance``: build it once and reuse it,
-    since a new closure means a new compilation (and ``params`` are compiled in as constants).
-
-    The gradient is taken of the *sum* over the batch of log p(y_i | x_i): each example's
-    log-probability depends on its own x_i only (GroupNorm, attention and pooling are per
-    example, dropout is off), so row i of that gradient is exactly grad_{x_i} log p(y_i | x_i).
-    """
+    one place and leave the other at 1. ``cond_fn`` is a static part of ``Guidance``: build it once
+    and reuse it, since a new closure means a new compilation (``params`` are compiled in as
+    constants). The gradient is taken of the *sum* over the batch of log p(y_i | x_i): each
+    example's log-probability depends on its own x_i only (GroupNorm, attention and pooling are per
+    example, dropout is off), so row i of that gradient is exactly grad_{x_i} log p(y_i | x_i)."""
 
     def total_log_prob(x_t: jax.Array, t: jax.Array, y: jax.Array) -> jax.Array:
         return jnp.sum(classifier_log_prob(classifier_apply, params, x_t, t, y))

@@ -26,25 +26,15 @@ def create_model(config, example_shape: Sequence[int]) -> nn.Module:
     m = config.model
     num_classes = int(m.num_classes) or None
     learned = learns_variance(config.diffusion.var_type)
-    if m.dtype not in _DTYPES:
-        raise ValueError(f"model.dtype must be one of {sorted(_DTYPES)}, got {m.dtype!r}.")
+    dtype = _dtype(m.dtype, "model.dtype")
     if m.name == "unet":
         if len(example_shape) != 3:
             raise ValueError(
                 f"model.name='unet' needs images [H, W, C], but the data are "
                 f"{tuple(example_shape)}: use model.name='mlp' for vector data."
             )
-        return UNet(
-            ch=m.ch,
-            ch_mult=tuple(m.ch_mult),
-            num_res_blocks=m.num_res_blocks,
-            attn_resolutions=tuple(m.attn_resolutions),
-            dropout=m.dropout,
-            num_classes=num_classes,
-            learned_variance=learned,
-            dtype=_DTYPES[m.dtype],
-            resamp_with_conv=m.resamp_with_conv,
-        )
+        return UNet(**_levels(m.to_dict()), num_classes=num_classes, learned_variance=learned,
+                    dtype=dtype, resamp_with_conv=m.resamp_with_conv)  # fmt: skip
     if m.name == "mlp":
         dim = int(example_shape[-1])
         return MLPDenoiser(
@@ -60,15 +50,22 @@ def create_model(config, example_shape: Sequence[int]) -> nn.Module:
 def create_classifier(classifier_config: Any, num_classes: int) -> NoisyClassifier:
     """The `NoisyClassifier` of a `config.classifier` section (a ConfigDict or a dict)."""
     c = classifier_config if isinstance(classifier_config, dict) else classifier_config.to_dict()
-    dtype = c.get("dtype", "float32")
-    if dtype not in _DTYPES:
-        raise ValueError(f"classifier.dtype must be one of {sorted(_DTYPES)}, got {dtype!r}.")
-    return NoisyClassifier(
-        num_classes=int(num_classes),
-        ch=int(c["ch"]),
-        ch_mult=tuple(c["ch_mult"]),
-        num_res_blocks=int(c["num_res_blocks"]),
-        attn_resolutions=tuple(c["attn_resolutions"]),
-        dropout=float(c["dropout"]),
-        dtype=_DTYPES[dtype],
+    dtype = _dtype(c.get("dtype", "float32"), "classifier.dtype")
+    return NoisyClassifier(num_classes=int(num_classes), **_levels(c), dtype=dtype)
+
+
+def _levels(section: dict) -> dict[str, Any]:
+    """The U-Net encoder's widths, depths, attention and dropout of a model/classifier section."""
+    return dict(
+        ch=int(section["ch"]),
+        ch_mult=tuple(section["ch_mult"]),
+        num_res_blocks=int(section["num_res_blocks"]),
+        attn_resolutions=tuple(section["attn_resolutions"]),
+        dropout=float(section["dropout"]),
     )
+
+
+def _dtype(name: str, key: str):
+    if name not in _DTYPES:
+        raise ValueError(f"{key} must be one of {sorted(_DTYPES)}, got {name!r}.")
+    return _DTYPES[name]

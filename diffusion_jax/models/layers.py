@@ -1,21 +1,16 @@
 """Building blocks of the DDPM U-Net (Ho et al. 2020), in flax.linen, NHWC.
 
-Usage::
-
     from diffusion_jax.models import layers
-
     temb = layers.get_timestep_embedding(t, 128)                     # [B, 128]
     h = layers.ResnetBlock(out_ch=256, dropout=0.1)(x, temb, train=True)
     h = layers.AttnBlock()(h)
     h = layers.Downsample(with_conv=True)(h)                         # [B, H/2, W/2, C]
 
-Every block takes a compute ``dtype`` (float32 or bfloat16) while keeping its
-parameters in float32. GroupNorm always runs in float32, because its mean and
-variance reductions lose too much precision in bfloat16.
-
-Submodule names follow ``diffusion_tf/models/unet.py`` (``norm1``, ``conv1``,
-``temb_proj``, ``nin_shortcut``, ``q``/``k``/``v``/``proj_out``, ...) so that a
-ported checkpoint maps onto this tree by name.
+Every block takes a compute ``dtype`` (float32 or bfloat16) and keeps its parameters in float32.
+GroupNorm always runs in float32: its mean and variance reductions lose too much precision in
+bfloat16. Submodule names follow ``diffusion_tf/models/unet.py`` (``norm1``, ``conv1``,
+``temb_proj``, ``nin_shortcut``, ``q``/``k``/``v``/``proj_out``, ...) so that a ported checkpoint
+maps onto this tree by name.
 """
 
 from __future__ import annotations
@@ -42,12 +37,9 @@ def default_init(scale: float = 1.0) -> nn.initializers.Initializer:
 
 
 def get_timestep_embedding(t: jax.Array, dim: int) -> jax.Array:
-    """Sinusoidal embedding of timesteps ``t`` [B] -> [B, dim], float32.
-
-    Frequencies are ``exp(-log(10000) * i / (half - 1))`` for ``i < half = dim // 2``
-    (DDPM's spacing, which differs from the Transformer's ``/ half``); the output is
-    ``[sin, cos]`` with a zero column appended when ``dim`` is odd.
-    """
+    """Sinusoidal embedding of timesteps ``t`` [B] -> [B, dim], float32: frequencies
+    ``exp(-log(10000) * i / (half - 1))`` for ``i < half = dim // 2`` (DDPM's spacing, unlike the
+    Transformer's ``/ half``); output ``[sin, cos]``, plus a zero column when ``dim`` is odd."""
     if dim < 4:
         raise ValueError(f"Timestep embedding dim must be >= 4 (got {dim}); half - 1 must be > 0.")
     t = jnp.asarray(t, dtype=jnp.float32)
@@ -87,7 +79,6 @@ def check_encoder_inputs(x: jax.Array, t: jax.Array, ch: int, ch_mult) -> None:
 
 def time_mlp(t: jax.Array, ch: int, dtype: Dtype) -> jax.Array:
     """DDPM's time embedding: sinusoid(t, ch) -> Dense(4ch) -> swish -> Dense(4ch), [B, 4ch].
-
     Call inside a ``@nn.compact`` method: its layers are the caller's "temb_dense0/1"."""
     temb = get_timestep_embedding(t, ch)  # [B, ch], float32
     temb = nin(temb, 4 * ch, "temb_dense0", dtype)
@@ -95,10 +86,8 @@ def time_mlp(t: jax.Array, ch: int, dtype: Dtype) -> jax.Array:
 
 
 def group_norm(x: jax.Array, name: str) -> jax.Array:
-    """32-group GroupNorm computed in float32, cast back to ``x.dtype``.
-
-    Must be called inside a ``@nn.compact`` method; ``name`` becomes the submodule name.
-    """
+    """32-group GroupNorm computed in float32, cast back to ``x.dtype``. Call inside a
+    ``@nn.compact`` method; ``name`` becomes the submodule name."""
     norm = nn.GroupNorm(
         num_groups=GROUPNORM_GROUPS,
         epsilon=GROUPNORM_EPSILON,
@@ -155,7 +144,6 @@ class ResnetBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, temb: jax.Array, train: bool = False) -> jax.Array:
-        # `train` may be positional so that nn.remat can mark it static (argument 3).
         in_ch = x.shape[-1]
         h = nn.swish(group_norm(x, "norm1"))
         h = conv3x3(h, self.out_ch, "conv1", self.dtype)  # [B, H, W, out_ch]
@@ -163,7 +151,6 @@ class ResnetBlock(nn.Module):
         h = h + temb_out[:, None, None, :]
         h = nn.swish(group_norm(h, "norm2"))
         h = nn.Dropout(self.dropout, deterministic=not train)(h)
-        # Near-zero init makes the block start as the identity (plus shortcut).
         h = conv3x3(h, self.out_ch, "conv2", self.dtype, init_scale=ZERO_INIT_SCALE)
         if in_ch != self.out_ch:
             x = nin(x, self.out_ch, "nin_shortcut", self.dtype)
@@ -171,12 +158,10 @@ class ResnetBlock(nn.Module):
 
 
 class AttnBlock(nn.Module):
-    """Single-head spatial self-attention with a residual connection.
-
-    ``implementation`` is `jax.nn.dot_product_attention`'s: None lets JAX choose (XLA's
-    attention), "cudnn" asks for cuDNN's fused kernel on NVIDIA GPUs, which needs a bfloat16 or
-    float16 ``dtype`` and a head (here: channel) dimension of at most 128, or 256 from Hopper on.
-    """
+    """Single-head spatial self-attention with a residual connection. ``implementation`` is
+    `jax.nn.dot_product_attention`'s: None lets JAX choose (XLA's attention), "cudnn" asks for
+    cuDNN's fused kernel on NVIDIA GPUs, which needs a bfloat16 or float16 ``dtype`` and a head
+    (here: channel) dimension of at most 128, or 256 from Hopper on."""
 
     dtype: Dtype = jnp.float32
     implementation: str | None = None
@@ -220,3 +205,13 @@ class Upsample(nn.Module):
         if self.with_conv:
             h = conv3x3(h, x.shape[-1], "conv", self.dtype)
         return h
+
+
+def apply_module(module: nn.Module, params: Any, args: tuple, *, rng, train: bool, call: str):
+    """`module.apply({"params": params}, *args, train=train)` with `rng` feeding the 'dropout'
+    collection, which training with dropout needs (the error shows the `call` to make)."""
+    dropout = float(getattr(module, "dropout", 0.0))
+    if train and dropout > 0 and rng is None:
+        raise ValueError(f"train=True with dropout={dropout} needs a PRNG key: call {call}.")
+    rngs = None if rng is None else {"dropout": rng}
+    return module.apply({"params": params}, *args, train=train, rngs=rngs)

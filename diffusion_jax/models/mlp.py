@@ -1,10 +1,9 @@
-"""A small time-conditioned MLP for low-dimensional data (the 2-D toy problem).
+"""A small time-conditioned MLP for low-dimensional data (the 2-D toy problem); the timestep enters
+through DDPM's sinusoidal embedding, added after each hidden layer.
 
     model = MLPDenoiser(hidden=256, num_layers=3)
     params = model.init(key, x, t)["params"]          # x [B, D], t [B]
     apply_fn = make_apply_fn(model)                    # the same contract as the U-Net
-
-The timestep enters through DDPM's sinusoidal embedding, added after each hidden layer.
 """
 
 from __future__ import annotations

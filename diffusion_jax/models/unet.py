@@ -1,23 +1,17 @@
 """The DDPM U-Net (Ho et al. 2020) in flax.linen, with optional class conditioning.
 
-Usage::
-
     from diffusion_jax.models import UNet, ddpm_unet, make_apply_fn
-
     model = ddpm_unet("cifar10")                       # or UNet(ch=64, ch_mult=(1, 2), ...)
     params = model.init(jax.random.key(0), x, t)["params"]
     apply_fn = make_apply_fn(model)
     eps = apply_fn(params, x_t, t)                     # eval: deterministic
     eps = apply_fn(params, x_t, t, rng=key, train=True)  # train: dropout on
 
-``x`` is [B, H, W, C] float, ``t`` is [B] int or float timesteps and ``y`` is [B] int
-labels or None. The output is always float32 [B, H, W, out_channels]. With
-``learned_variance=True`` the output has 2C channels: ``out[..., :C]`` is the mean
-prediction and ``out[..., C:]`` the variance values.
-
-Class conditioning (``num_classes=K``) learns K + 1 label embeddings: index K is the
-"null" label used for classifier-free guidance (see ``null_label``); passing ``y=None``
-to a conditional model means "use the null label".
+``x`` is [B, H, W, C] float, ``t`` [B] int or float timesteps and ``y`` [B] int labels or None.
+The output is always float32 [B, H, W, out_channels]; with ``learned_variance=True`` it has 2C
+channels, ``out[..., :C]`` the mean prediction and ``out[..., C:]`` the variance values. Class
+conditioning (``num_classes=K``) learns K + 1 label embeddings: index K is the "null" label of
+classifier-free guidance (``null_label``), which ``y=None`` selects in a conditional model.
 """
 
 from __future__ import annotations
@@ -37,6 +31,7 @@ from diffusion_jax.models.layers import (
     Dtype,
     ResnetBlock,
     Upsample,
+    apply_module,
     check_encoder_inputs,
     conv3x3,
     group_norm,
@@ -57,18 +52,14 @@ def null_labels(batch: int, num_classes: int) -> jax.Array:
 
 
 class UNet(nn.Module):
-    """DDPM U-Net. Attributes mirror ``diffusion_tf/models/unet.py``'s options.
-
-    ``out_channels`` is the total number of output channels; when None it is C, or 2C
-    with ``learned_variance``. ``dtype`` is the compute dtype; parameters stay float32.
-
-    Opt-in speed options, none of which changes the parameters or the function computed:
-    ``remat`` recomputes each residual and attention block's activations in the backward pass
-    instead of keeping them (``"full"``: keep only the block inputs; ``"dots"``: also keep the
-    convolution and matmul outputs, recompute norms and activations), trading compute for memory
-    on the 256x256 networks; ``attention_impl`` is passed to `jax.nn.dot_product_attention`
-    (``"cudnn"`` on NVIDIA GPUs, see `AttnBlock`).
-    """
+    """DDPM U-Net. Attributes mirror ``diffusion_tf/models/unet.py``'s options. ``out_channels``
+    is the total number of output channels (None: C, or 2C with ``learned_variance``); ``dtype`` is
+    the compute dtype; parameters stay float32. Opt-in speed options, none of which changes the
+    parameters or the function computed: ``remat`` recomputes each residual and attention block's
+    activations in the backward pass instead of keeping them (``"full"``: keep only the block
+    inputs; ``"dots"``: also keep the convolution and matmul outputs, recompute norms and
+    activations), trading compute for memory on the 256x256 networks; ``attention_impl`` goes to
+    `jax.nn.dot_product_attention` (see `AttnBlock`)."""
 
     ch: int = 128
     ch_mult: Sequence[int] = (1, 2, 2, 2)
@@ -246,29 +237,12 @@ def count_params(module: nn.Module, image_shape: Sequence[int]) -> int:
 
 
 def make_apply_fn(module: nn.Module) -> ApplyFn:
-    """Wrap ``module`` as ``apply_fn(params, x_t, t, y=None, *, rng=None, train=False)``.
+    """Wrap ``module`` as ``apply_fn(params, x_t, t, y=None, *, rng=None, train=False)``, the
+    signature every loss and sampler consumes. ``rng`` feeds the 'dropout' collection (required
+    when ``train=True`` and dropout > 0); under ``jax.jit``, ``static_argnames="train"``."""
 
-    This is the signature every loss and sampler in the project consumes. ``rng`` feeds
-    the 'dropout' collection; it is required when ``train=True`` and dropout > 0. Under
-    ``jax.jit``, mark ``train`` static (``static_argnames="train"``).
-    """
-    dropout = float(getattr(module, "dropout", 0.0))
-
-    def apply_fn(
-        params: Any,
-        x_t: jax.Array,
-        t: jax.Array,
-        y: jax.Array | None = None,
-        *,
-        rng: jax.Array | None = None,
-        train: bool = False,
-    ) -> jax.Array:
-        if train and dropout > 0 and rng is None:
-            raise ValueError(
-                f"train=True with dropout={dropout} needs a PRNG key: call "
-                "apply_fn(params, x_t, t, y, rng=key, train=True)."
-            )
-        rngs = None if rng is None else {"dropout": rng}
-        return module.apply({"params": params}, x_t, t, y, train=train, rngs=rngs)
+    def apply_fn(params, x_t, t, y=None, *, rng=None, train=False) -> jax.Array:
+        call = "apply_fn(params, x_t, t, y, rng=key, train=True)"
+        return apply_module(module, params, (x_t, t, y), rng=rng, train=train, call=call)
 
     return apply_fn

@@ -6,19 +6,12 @@
     config, tensors = diffusers.read_diffusers_checkpoint("ddpm-cifar10-32")  # folder, unet/, file
     unet_kwargs, params = diffusers.convert_unet(config, tensors)    # UNet(**unet_kwargs), params
 
-(`pretrained.importer` turns such a checkpoint into a run directory.)
-
-The checkpoints are google/ddpm-cifar10-32, -celebahq-256, -church-256, -bedroom-256 and -cat-256
-(Ho et al. 2020, converted from the TensorFlow originals): a folder with `config.json` and
-`diffusion_pytorch_model.safetensors` (read with `safetensors`, no torch) or `.bin` (needs torch).
-Their weights are the EMA weights, so an imported run has params = ema_params = the checkpoint.
-
-Only the DDPM layout is accepted: positional time embedding with [sin, cos] and DDPM's frequency
-spacing (flip_sin_to_cos=False, freq_shift=1), GroupNorm(32, eps 1e-6), one attention head per
-layer, TF-style asymmetric padding of the stride-2 convs (downsample_padding=0), the same levels
-with attention on the way down and up. Anything else is refused by name, because it would load
-and then compute something else. Older files name the attention projections query/key/value/
-proj_attn instead of to_q/to_k/to_v/to_out.0; both are read.
+google/ddpm-cifar10-32, -celebahq-256, -church-256, -bedroom-256 and -cat-256 (Ho et al. 2020,
+from TensorFlow) hold EMA weights. Only the DDPM layout is accepted: positional time embedding with
+[sin, cos] and DDPM's frequency spacing (flip_sin_to_cos=False, freq_shift=1), GroupNorm(32, eps
+1e-6), one head per attention, TF-style asymmetric padding of stride-2 convs (downsample_padding=0),
+attention at the same levels down and up. Anything else is refused by name: it would load, then
+compute something else. Old attention names (query/key/value/proj_attn) are read too.
 """
 
 from __future__ import annotations
@@ -50,15 +43,9 @@ class PretrainedError(ValueError):
     """A checkpoint cannot be read or imported; the message says what is wrong and what to do."""
 
 
-# ----------------------------------------------------------------------------- reading
-
-
 def read_diffusers_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
-    """(config.json as a dict, {tensor name: float32 array in PyTorch layout}).
-
-    `path` is a model folder, a pipeline folder with the model in `unet/`, or a weights file next
-    to its config.json. Safetensors files are read with `safetensors.numpy`; `.bin` files need
-    torch (loaded with weights_only=True)."""
+    """(config.json dict, {name: float32 array, PyTorch layout}) of a model or pipeline folder (its
+    model in `unet/`) or a weights file beside its config.json: .safetensors or .bin (torch)."""
     weights = _weights_file(Path(path))
     config_file = weights.parent / "config.json"
     if not config_file.is_file():
@@ -113,8 +100,6 @@ def _read_torch_bin(file: Path) -> dict[str, np.ndarray]:
         raise PretrainedError(f"{file} holds a {type(state).__name__}, not a state dict.")
     return {k: v.detach().float().numpy() for k, v in state.items() if torch.is_tensor(v)}
 
-
-# ----------------------------------------------------------------------------- the config
 
 # UNet2DModel's defaults (diffusers), which apply to keys a config.json leaves out.
 _DEFAULTS: dict[str, Any] = dict(
@@ -180,7 +165,6 @@ def _raise_if(problems: list[str]) -> None:
 
 
 def _field_problems(config: Mapping, c: Mapping) -> list[str]:
-    """Fields that are unknown, missing, or not DDPM's values."""
     unknown = sorted(k for k in config if not k.startswith("_") and k not in _DEFAULTS)
     bad = [f"unknown fields {unknown}"] if unknown else []
     for key in ("sample_size", "block_out_channels", "down_block_types", "up_block_types"):
@@ -261,8 +245,6 @@ def image_shape(config: Mapping) -> tuple[int, int, int]:
     return (size, size, int(config.get("in_channels", _DEFAULTS["in_channels"])))
 
 
-# ----------------------------------------------------------------------------- the weights
-
 _TOP = {"conv_in": "conv_in", "temb_dense0": "time_embedding.linear_1",
         "temb_dense1": "time_embedding.linear_2", "norm_out": "conv_norm_out",
         "conv_out": "conv_out", "mid_block_1": "mid_block.resnets.0",
@@ -332,11 +314,9 @@ def _rename_deprecated(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarra
 def convert_unet(
     config: Mapping, tensors: Mapping[str, np.ndarray]
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(UNet kwargs, Flax params) of a DDPM-layout UNet2DModel checkpoint.
-
-    Every tensor goes to exactly one parameter of `UNet(**kwargs)`, converted from PyTorch's
-    layout (conv OIHW -> HWIO, linear and 1x1 projections transposed). PretrainedError lists the
-    missing tensors, the tensors no parameter takes, and the shape mismatches, by name."""
+    """(UNet kwargs, Flax params) of a DDPM-layout UNet2DModel checkpoint: every tensor goes to
+    exactly one parameter of `UNet(**kwargs)` (layout: `_to_flax`); PretrainedError names the
+    missing tensors, those no parameter takes, and the shape mismatches."""
     kwargs = ddpm_unet_kwargs(config)
     h, w, c = image_shape(config)
     x = jax.ShapeDtypeStruct((1, h, w, c), jnp.float32)

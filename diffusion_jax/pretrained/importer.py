@@ -3,10 +3,9 @@
     diffusion-jax import-weights --from ddpm-cifar10-32 --out runs/ddpm_cifar10
     importer.import_weights("ddpm-church-256", "runs/church")    # the same, from Python
 
-The run holds an orbax checkpoint at step 0 whose params and EMA are both the published weights
-(they are EMA weights), a fresh optimizer state, and the training config of the checkpoint's
-family (a preset: cifar10, celebahq256, lsun_*) updated to its U-Net, image size and
-scheduler_config.json; `imported_from.json` records where it came from and what was changed.
+The run holds an orbax checkpoint at step 0 (params = ema_params = the published EMA weights), a
+config.json (the preset of the checkpoint's family: cifar10, celebahq256, lsun_*, updated to its
+U-Net, image size and scheduler_config.json) and `imported_from.json` (source, every change).
 """
 
 from __future__ import annotations
@@ -42,8 +41,6 @@ NAMED_CONFIGS = {"cifar": "cifar10", "celeba": "celebahq256", "celebahq": "celeb
                  "church": "lsun_church", "bedroom": "lsun_bedroom", "cat": "lsun_cat"}  # fmt: skip
 DEFAULT_256_CONFIG = "celebahq256"
 
-
-# ----------------------------------------------------------------------------- the diffusion
 
 # diffusers scheduler names -> ours; the betas themselves are compared before they are accepted.
 _BETA_SCHEDULES = {"linear": "linear", "scaled_linear": "quadratic",
@@ -118,12 +115,9 @@ def diffusion_settings(scheduler: Mapping) -> dict[str, Any]:
     return settings
 
 
-# ----------------------------------------------------------------------------- the run
-
-
 def guess_config_name(model_dir: str | os.PathLike, image_size: int) -> str:
-    """The preset for a checkpoint: from its folder's name (ddpm-church-256 ->
-    lsun_church), else cifar10 for 32x32 images and celebahq256 for larger ones."""
+    """The preset named by the checkpoint's folder (ddpm-church-256 -> lsun_church), else cifar10
+    for 32x32 images and celebahq256 for larger ones."""
     parts = Path(model_dir).absolute().parts  # symlinks kept: their names are the user's
     names = [parts[-1]] + ([parts[-2]] if parts[-1] == "unet" else [])
     if "snapshots" in parts[:-1]:  # the Hugging Face cache: models--google--ddpm-cat-256/...
@@ -186,14 +180,8 @@ def _refuse_existing(out: Path) -> None:
 def import_weights(
     src: str | os.PathLike, out: str | os.PathLike, *, config_name: str | None = None
 ) -> Path:
-    """Writes the run directory `out` from the checkpoint at `src`; returns `out`.
-
-    The run holds an orbax checkpoint (step 0, params = ema_params = the checkpoint's weights,
-    a fresh optimizer state) with the training config `config_name` (a preset name or a .py
-    path; default from `guess_config_name`) updated to the checkpoint's U-Net,
-    image size and scheduler_config.json, plus config.json and imported_from.json. It is
-    written to a temporary directory beside `out` and renamed, so a failed import leaves
-    nothing; an existing non-empty `out` is refused. `sampling.runs.load_run(out)` reads it."""
+    """Writes run `out` (see above) of the checkpoint at `src`, config `config_name` (preset or .py;
+    default `guess_config_name`), atomically (temp dir + rename); a non-empty `out` is refused."""
     out = Path(out)
     _refuse_existing(out)
     weights = _weights_file(Path(src))

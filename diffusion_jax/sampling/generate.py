@@ -1,17 +1,11 @@
-"""Drawing samples from a trained run: N samples in chunks, sharded over every device, to a uint8
-.npz (the format FID tools read) and a PNG grid.
-
-With several processes (`diffusion-jax sample` launched on every host), each process draws its
-share of the chunks on its own devices and the samples are gathered once at the end; chunk i
-always uses the key fold_in(PRNGKey(seed), i), so the set does not depend on the number of
-processes (for a batch size that the per-process device count divides). Only process 0 writes.
+"""N samples of a trained run in chunks sharded over every device, to a uint8 .npz and a PNG grid.
 
     run = runs.load_run("runs/digits_cond")                      # config + EMA parameters
     images, labels = generate.generate(run, num=1000, sampler="ddim", steps=50, cfg_scale=1.0)
     generate.save_samples(images, labels, "samples.npz", grid="samples.png")
 
 `diffusion-jax sample --workdir runs/X --num 50000 --sampler ddim --steps 50 --out samples.npz`
-does the same from the command line. Sampling uses the EMA parameters unless asked otherwise.
+does the same (launched on every host of a multi-process job; only process 0 writes).
 """
 
 from __future__ import annotations
@@ -79,12 +73,11 @@ def generate(
     seed: int = 0,
     progress: bool = True,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """`num` samples of `run`: images as uint8 [N, H, W, C] (vector data as float32), and labels.
-
-    Chunks of `batch_size` (rounded up to a multiple of the local device count) are sharded over
-    every device of a process; chunk i uses the key fold_in(PRNGKey(seed), i), so a seed
-    reproduces a set. With several processes, process p draws the p-th contiguous block of the
-    chunks and every process returns all the samples (gathered once)."""
+    """`num` samples of `run` (images as uint8 [N, H, W, C], vector data as float32) and labels.
+    Chunks of `batch_size` (rounded up to a multiple of the local device count) are sharded over a
+    process's devices; chunk i uses the key fold_in(PRNGKey(seed), i), so a seed reproduces a set
+    whatever the number of processes (if the per-process device count divides the batch size).
+    Process p draws the p-th contiguous block of chunks; all get all the samples (gathered once)."""
     if sampler not in ("ancestral", "ddim"):
         raise ValueError(f"sampler must be 'ancestral' or 'ddim', got {sampler!r}.")
     if cfg_scale is not None and not run.num_classes:
@@ -136,7 +129,7 @@ def _chain(run: Run, sched, sampler: str, eta: float, guidance, shape, mesh, lab
 
 
 def save_samples(samples, labels, out: str | Path, grid: str | Path | None = None) -> Path:
-    """Writes `out` (.npz with arr_0 = the samples, and labels when conditional) and a grid."""
+    """Writes `out` (.npz as FID tools read it: arr_0 = the samples; labels if any) and a grid."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     arrays = {"arr_0": samples} | ({"labels": labels} if labels is not None else {})

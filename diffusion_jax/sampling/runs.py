@@ -5,9 +5,8 @@
     module, params = runs.load_classifier("runs/digits_classifier",
                                           diffusion_config=run.config.diffusion)
 
-Only the EMA (or raw) parameters and the step are read from the checkpoint (a partial restore):
-not the optimizer moments, which are twice the parameters' size. They land as a full copy on
-this process's devices; every process of a multi-process job reads them together.
+Only the step and the EMA (or raw) parameters are restored, not the optimizer moments (twice their
+size), as a full copy on each process's devices; all processes of a job read them together.
 """
 
 from __future__ import annotations
@@ -47,9 +46,8 @@ class Run:
 def read_params(
     workdir: str | Path, parts: setup.Parts, *, step: int | None = None, ema: bool = True
 ) -> tuple[Any, int, dict]:
-    """(parameters, step, saved config dict) of the checkpoint in `workdir` (default: its latest
-    step): the EMA parameters, or the raw ones with `ema=False`, replicated over this process's
-    devices. `parts` gives the parameters' shapes."""
+    """(params, step, saved config dict) of checkpoint `step` (default: latest) in `workdir`: EMA
+    or (`ema=False`) raw params, shaped as `parts` says, replicated over this process's devices."""
     rep = parallel.replicated(parallel.local_mesh())
     params = jax.tree_util.tree_map(
         lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), parts.abstract_params()
@@ -62,8 +60,7 @@ def read_params(
 
 
 def saved_config(workdir: str | Path, command: str, step: int | None = None) -> dict:
-    """The config dict of checkpoint `step` (default: the latest) in `workdir`, or a
-    CheckpointError that says which `diffusion-jax` command makes one."""
+    """The config dict of checkpoint `step` (default: latest) in `workdir`, or a CheckpointError."""
     with checkpoint.Checkpointer(workdir, read_only=True) as ckpt:
         if ckpt.latest_step() is None:
             raise checkpoint.CheckpointError(
@@ -74,8 +71,7 @@ def saved_config(workdir: str | Path, command: str, step: int | None = None) -> 
 
 
 def load_run(workdir: str | Path, *, step: int | None = None, use_ema: bool = True) -> Run:
-    """The run checkpointed in `workdir` (default: its latest step), with its EMA parameters
-    unless `use_ema=False`."""
+    """The run in `workdir` at `step` (default: latest), with EMA params unless `use_ema=False`."""
     config = ml_collections.ConfigDict(saved_config(workdir, "train", step))
     parts = setup.diffusion_parts(config)
     params, at, _ = read_params(workdir, parts, step=step, ema=use_ema)
@@ -83,12 +79,9 @@ def load_run(workdir: str | Path, *, step: int | None = None, use_ema: bool = Tr
 
 
 def with_var_type(run: Run, var_type: str) -> Run:
-    """`run` sampling (and bounding) with the fixed variance `var_type` instead of its own.
-
-    The variance of a network trained with a fixed one is a choice made at sampling time: DDPM
-    sampled CIFAR-10 with "fixed_large" (beta_t) and its 256x256 models with "fixed_small" (the
-    posterior's), while the scheduler files published with their weights say "fixed_small" for
-    all of them. A network that learned its variance keeps it."""
+    """`run` sampling (and bounding) with fixed variance `var_type`, a sampling-time choice: DDPM
+    used "fixed_large" (beta_t) for CIFAR-10 and "fixed_small" (the posterior's) at 256x256, though
+    its published scheduler files all say "fixed_small". Refused if the network learned its own."""
     if var_type not in ("fixed_small", "fixed_large"):
         raise ValueError(f"var_type must be 'fixed_small' or 'fixed_large', got {var_type!r}.")
     if learns_variance(run.config.diffusion.var_type):
@@ -108,11 +101,9 @@ def load_classifier(
     ema: bool = True,
     diffusion_config: Any = None,
 ) -> tuple[Any, Any]:
-    """(module, params) of the classifier checkpointed in `workdir` (default: latest step).
-
-    `ema` picks the EMA parameters (equal to the parameters when training.ema_decay = 0). Give
-    the guided model's `config.diffusion` as `diffusion_config` to check that the classifier was
-    trained on the same noise schedule; a mismatch raises ValueError."""
+    """(module, params) of the classifier checkpointed in `workdir` (default: latest step); `ema`
+    params equal the raw ones when training.ema_decay = 0. With the guided model's config.diffusion
+    as `diffusion_config`, a classifier trained on another noise schedule raises ValueError."""
     saved = saved_config(workdir, "train-classifier", step)
     c = saved.get("classifier", {})
     if "image_shape" not in c:

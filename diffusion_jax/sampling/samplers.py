@@ -1,5 +1,4 @@
-"""Compiled samplers: ancestral (DDPM) and DDIM chains, each one `lax.fori_loop` / `lax.scan` over
-the pure reverse steps of `diffusion.py`, with classifier-free and classifier guidance.
+"""Compiled ancestral (DDPM) and DDIM chains over `diffusion`'s reverse steps, with guidance.
 
     from diffusion_jax.sampling import Denoiser, Guidance, samplers
     sched = schedules.make_schedule("linear", 1000, respacing="250")   # or the full schedule
@@ -17,15 +16,11 @@ the pure reverse steps of `diffusion.py`, with classifier-free and classifier gu
     frames = samplers.interpolate(apply_fn, params, sched, x_a, x_b, jnp.linspace(0, 1, 8))
     x0, snapshots = samplers.progressive_x0(apply_fn, params, sched, shape, key, num_snapshots=10)
 
-`Denoiser` says how to read the network's output (mean and variance types, clipping of x_0_hat)
-and `Guidance` how to guide it; both are frozen and hashable, built once and validated on
-construction. The network is given `Schedule.timestep_map[t]`, so a respaced schedule samples a
-network trained on the full process with fewer steps. Randomness: x_T comes from
-fold_in(rng, T) and the noise of step t from fold_in(rng, t), so a key reproduces a sample
-exactly, and the ancestral, DDIM and progressive samplers share their x_T for one key. Samples
-are in [-1, 1] when `clip_denoised` (images); use Denoiser(clip_denoised=False) for other data.
-Unconditional samples from a class-conditional model: y = the null labels
-(`models.unet.null_labels(B, num_classes)`).
+The network gets `Schedule.timestep_map[t]`, so a respaced schedule samples a network trained on
+the full process with fewer steps. x_T comes from fold_in(rng, T), step t's noise from
+fold_in(rng, t): a key reproduces a sample exactly, and the ancestral, DDIM and progressive
+samplers share x_T. Samples are in [-1, 1] when `clip_denoised` (images; turn it off for other
+data). Unconditional samples of a class-conditional model: `models.unet.null_labels` as y.
 """
 
 from __future__ import annotations
@@ -46,10 +41,9 @@ _STATIC = ("apply_fn", "shape", "denoiser")
 
 @dataclasses.dataclass(frozen=True)
 class Denoiser:
-    """How to read the network's output, as `diffusion.p_mean_variance` does: what its mean
-    channels predict (`mean_type` eps, x0 or v), its variance (`var_type`; DDIM only uses it to
-    tell a learned-variance output apart) and whether x_0_hat is clipped to [-1, 1]
-    (`clip_denoised`: images). The samplers take it as a static argument."""
+    """How `diffusion.p_mean_variance` reads the network's output: `mean_type` (eps, x0 or v),
+    `var_type` (DDIM only uses it to tell a learned-variance output apart), `clip_denoised` (clip
+    x_0_hat to [-1, 1]: images). Frozen, validated, a static argument of the samplers."""
 
     mean_type: diffusion.MeanType = "eps"
     var_type: diffusion.VarType = "fixed_large"
@@ -63,13 +57,10 @@ class Denoiser:
 
 @dataclasses.dataclass(frozen=True)
 class Guidance:
-    """Classifier-free guidance with weight `cfg_scale` w (`diffusion.cfg_output`; the null label
-    is `num_classes`): None (the default) is one plain network call per step, w=0 the same samples
-    from a doubled batch. Classifier guidance with `cond_fn(x_t, t_model, y)` ->
-    grad_x log p(y | x_t), times `classifier_scale`; off when `cond_fn` is None.
-
-    Hashable; also a pytree whose leaves are the two scales, which the samplers trace: a new scale
-    reuses the compiled sampler, a new `cond_fn` or `num_classes` compiles another."""
+    """Classifier-free guidance with weight `cfg_scale` w (`diffusion.cfg_output`; null label
+    `num_classes`): None is one plain network call per step, w=0 the same samples from a doubled
+    batch. Classifier guidance (if `cond_fn`): `classifier_scale` times `cond_fn(x_t, t_model, y)` =
+    grad_x log p(y | x_t). A hashable pytree of two traced scales: new ones reuse compilations."""
 
     cfg_scale: float | None = None
     num_classes: int | None = None
@@ -106,10 +97,9 @@ def make_out_fn(
     guidance: Guidance = Guidance(),
     guide_eps: bool = False,
 ):
-    """out_fn(x_t, t [B]) -> the `diffusion.p_mean_variance` dict of the network at step t, guided.
-    With `guidance.cfg_scale` the network runs once on [x_t, x_t] with labels [y, null] (2B rows);
-    classifier guidance shifts the mean (ancestral, `condition_mean`) or, with `guide_eps`, eps
-    and x_0_hat (DDIM, `condition_score`)."""
+    """out_fn(x_t, t [B]) -> the guided `diffusion.p_mean_variance` dict at step t. CFG runs the
+    network once on [x_t, x_t] with labels [y, null] (2B rows); classifier guidance shifts the mean
+    (ancestral: `condition_mean`) or, with `guide_eps`, eps, x_0_hat (DDIM, `condition_score`)."""
     g = guidance
     if g.cfg_scale is not None and y is None:
         raise ValueError("Classifier-free guidance (cfg_scale) needs class labels y.")
@@ -179,12 +169,9 @@ def sample_ancestral(
     guidance: Guidance = Guidance(),
     x_T: jax.Array | None = None,
 ) -> jax.Array:
-    """x_T ~ N(0, I), then x_{t-1} ~ p(x_{t-1} | x_t) for t = T-1, ..., 0; returns x_0 [shape].
-
-    Step t draws its noise from fold_in(rng, t), so a sample does not depend on the batch it
-    shares a call with only through its own key split. `guidance`: classifier-free guidance
-    (`diffusion.cfg_output`) and classifier guidance mu + s Sigma grad (`condition_mean`).
-    `x_T`: start from this noise instead of drawing it."""
+    """x_T ~ N(0, I) (or the given `x_T`), then x_{t-1} ~ p(x_{t-1} | x_t) for t = T-1, ..., 0;
+    returns x_0 [shape]. `guidance`: classifier-free (`diffusion.cfg_output`) and classifier
+    guidance mu + s Sigma grad (`condition_mean`)."""
     out_fn = make_out_fn(apply_fn, params, schedule, y=y, denoiser=denoiser, guidance=guidance)
     step = _ancestral_step(schedule, out_fn, rng, shape)
     x_init = _x_init(rng, shape, schedule.num_timesteps, x_T)
@@ -205,10 +192,9 @@ def sample_ddim(
     guidance: Guidance = Guidance(),
     x_T: jax.Array | None = None,
 ) -> jax.Array:
-    """DDIM (Song et al. 2021): x_T ~ N(0, I) (or the given `x_T`), then `diffusion.ddim_step`
-    for t = T-1, ..., 0; returns x_0 [shape]. eta=0 is deterministic given x_T. Usually run on a
-    respaced schedule ("ddim50", "ddimq50", "50"). Guidance as in `sample_ancestral`, except that
-    classifier guidance shifts eps: eps - sqrt(1 - alpha_bar_t) s grad (`condition_score`)."""
+    """DDIM (Song et al. 2021): `sample_ancestral` with `diffusion.ddim_step`, deterministic given
+    x_T for eta=0, usually on a respaced schedule ("ddim50", "ddimq50", "50"); classifier guidance
+    shifts eps instead: eps - sqrt(1 - alpha_bar_t) s grad (`condition_score`)."""
     out_fn = make_out_fn(
         apply_fn, params, schedule, y=y, denoiser=denoiser, guidance=guidance, guide_eps=True
     )
@@ -276,10 +262,9 @@ def interpolate(
     latents: bool = False,
     denoiser: Denoiser = Denoiser(),
 ) -> jax.Array:
-    """Interpolates between images x_a and x_b [B, ...] (or, with `latents`, between two x_T):
-    invert both with `ddim_invert`, `slerp` in x_T space at each of `lambdas` [L], decode with
-    DDIM eta 0 in one batch; returns [L, B, ...]. `y` [B] are the labels of a conditional model.
-    The inversion never clips x_0_hat; `denoiser.clip_denoised` applies to the decoding."""
+    """[L, B, ...] between images x_a and x_b [B, ...] (with `latents`, two x_T): `ddim_invert`
+    (which never clips x_0_hat) both, `slerp` at each of `lambdas` [L], decode with DDIM eta 0 in
+    one batch (`denoiser.clip_denoised` applies here). `y` [B]: a conditional model's labels."""
     if not latents:
         unclipped = dataclasses.replace(denoiser, clip_denoised=False)
         invert = functools.partial(ddim_invert, apply_fn, params, schedule, y=y, denoiser=unclipped)
@@ -314,11 +299,9 @@ def progressive_x0(
     denoiser: Denoiser = Denoiser(),
     guidance: Guidance = Guidance(),
 ) -> tuple[jax.Array, jax.Array]:
-    """The ancestral chain of `sample_ancestral` (the same samples for the same key), also
-    returning x_0_hat after steps round(k T / K), k = 1..K = `num_snapshots` (DDPM's progressive
-    generation figure): (x_0 [shape], snapshots [K, *shape]). A `lax.scan` over the K segments
-    keeps only the snapshots. The last snapshot is x_0_hat at t=0, which is the sample itself
-    (the t=0 mean is x_0_hat) unless classifier guidance moves it."""
+    """`sample_ancestral`'s chain (same samples per key) -> (x_0 [shape], snapshots [K, *shape]) of
+    x_0_hat after steps round(k T / K), k = 1..K = `num_snapshots` (DDPM's progressive generation
+    figure); the last is the sample (t=0 mean = x_0_hat) unless classifier guidance moves it."""
     num_timesteps = schedule.num_timesteps
     if not 1 <= num_snapshots <= num_timesteps:
         raise ValueError(f"num_snapshots must lie in [1, {num_timesteps}], got {num_snapshots}.")

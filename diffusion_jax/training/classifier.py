@@ -6,19 +6,13 @@
     state = classifier.train_classifier(config, "runs/digits_classifier")   # resumes
     # to guide with it: sampling.runs.load_classifier(workdir, diffusion_config=...)
 
-The classifier sees x_t = q_sample(x_0, t, eps) with t ~ U{0, ..., T-1} of `config.diffusion`'s
-full schedule (or of its first `classifier.max_timestep` steps: 1 trains on clean images, for a
-feature network) and learns the labels by cross-entropy (Dhariwal & Nichol 2021, section 4). The
-network is `config.classifier` (see `models/classifier.py`); optimizer and loop settings are
-`config.optim` and `config.training`, as for the diffusion model (training.ema_decay = 0 turns
-the EMA off: the EMA then equals the parameters). The step (`step.make_classifier_train_step`)
-and the loop (`loop.fit`) are the diffusion model's.
-
-A guidance classifier is trained for one noise schedule: use it only with a diffusion model of the
-same `diffusion.beta_schedule` and `diffusion.num_timesteps` (respaced samplers are fine: they
-give the classifier the original timesteps). The checkpointed config records the resolved
-`classifier.num_classes` and `classifier.image_shape`, so loading it needs neither the dataset
-nor the config file.
+The classifier (`config.classifier`) learns the labels of x_t = q_sample(x_0, t, eps) by
+cross-entropy, t ~ U{0, ..., T-1} of `config.diffusion`'s schedule or of its first
+`classifier.max_timestep` steps (1: clean images, for a feature network) (Dhariwal & Nichol 2021,
+sec. 4); `config.optim`, `config.training` and the loop are the diffusion model's (ema_decay = 0:
+EMA = parameters). It fits one noise schedule only (same beta_schedule and num_timesteps; respaced
+samplers are fine). The checkpointed config records the resolved `classifier.num_classes` and
+`image_shape`, so loading it needs neither the dataset nor the config file.
 """
 
 from __future__ import annotations
@@ -101,9 +95,6 @@ def evaluate_classifier(
     if count == 0:
         raise ValueError("The evaluation split is empty.")
     return {f"accuracy_t{t}": totals[t] / count for t in timesteps}
-
-
-# ----------------------------------------------------------------------------- the loop
 
 
 def _check_config(config) -> None:

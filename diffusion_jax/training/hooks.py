@@ -3,11 +3,9 @@
     hook = hooks.training_hook(parts, workdir)       # for loop.fit
     extra = hook(step, state, last)                  # {"eval/fid": ..., ...} or {}
 
-Grids (training.sample_every) are drawn from the EMA parameters with the ancestral sampler,
-respaced to training.sample_respacing, and saved as workdir/samples/step_<N>.png (or .npy for
-vector data). Evaluations (training.eval_every) are what `config.eval` asks for: the bound in
-bits/dim on held-out examples and FID/IS/KID/precision-recall of samples, against the held-out
-split's reference statistics (cached in workdir/eval/); their scalars are logged as eval/*.
+Grids (training.sample_every): ancestral samples of the EMA parameters, respaced to
+training.sample_respacing, as workdir/samples/step_<N>.png (.npy for vector data). Evaluations
+(training.eval_every): what `config.eval` asks for, logged as eval/*.
 """
 
 from __future__ import annotations
@@ -123,17 +121,11 @@ class _SampleScorer:
     def _prepare(self) -> None:
         ev = self.config.eval
         self.extractor = get_extractor(ev.features, workdir=ev.feature_workdir)
-        path = Path(ev.reference) if ev.reference else None
-        if path is None:
-            tag = self.extractor.name.replace(":", "_").replace("/", "_")
-            path = self.workdir / "eval" / f"reference_{tag}.npz"
-        if path.exists():
-            self.reference = evaluate.load_reference(path)
-            return
-        self.reference = evaluate.reference_statistics(self.extractor, data_config=self.config.data)
-        if parallel.is_main_process():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            evaluate.save_reference(path, self.reference)
+        self.reference = (
+            evaluate.load_reference(ev.reference)
+            if ev.reference
+            else evaluate.cached_reference(self.extractor, self.config.data, self.workdir)
+        )
 
     def __call__(self, run: Run, step: int) -> dict[str, float]:
         if self.extractor is None:

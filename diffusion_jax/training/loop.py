@@ -3,13 +3,11 @@
     state = loop.fit(parts, mesh, workdir, make_step=step.make_train_step,
                      saved_config=config, mismatch=lambda saved: [...], hook=hook)
 
-`fit` builds the sharded state (`state.init_state`), compiles the step, opens the data iterator
-and the run's checkpoints, resumes from the latest one (refusing a checkpoint of another model:
-`config_mismatch`), and runs `run_loop`: global batches to the compiled step, metrics fetched
-every `log_every` steps (to metrics.jsonl and TensorBoard, on the first host), `NonFiniteError`
-naming the first step whose loss or gradient was not finite, checkpoints every
-`checkpoint_every` steps, at the end and on SIGTERM, and `hook(step, state, last)` after each
-step for samples or evaluations (the scalars it returns are logged).
+`fit` builds the sharded state, compiles the step, opens the data and the checkpoints, resumes
+(refusing another model's checkpoint: `config_mismatch`) and runs `run_loop`: metrics every
+`log_every` steps (metrics.jsonl, TensorBoard; `NonFiniteError` names the first non-finite step),
+checkpoints every `checkpoint_every` steps, at the end and on SIGTERM, and `hook(step, state,
+last)` after each step (samples, evaluations; the scalars it returns are logged).
 """
 
 from __future__ import annotations
@@ -80,21 +78,15 @@ def fit(
     )
     ckpt = open_checkpointer(workdir, tr)
     state = resume_or_init(ckpt, abstract, init, data_iter, mismatch=mismatch, what=what)
+    if hasattr(saved_config, "to_json_best_effort"):  # a ConfigDict: as plain JSON values
+        saved_config = json.loads(saved_config.to_json_best_effort())
     if parallel.is_main_process():
-        text = (
-            saved_config.to_json_best_effort(indent=2)
-            if hasattr(saved_config, "to_json_best_effort")
-            else json.dumps(saved_config, indent=2)
-        )
-        (workdir / "config.json").write_text(text)
+        (workdir / "config.json").write_text(json.dumps(saved_config, indent=2))
     return run_loop(
         state=state, step_fn=step_fn, data_iter=data_iter, mesh=mesh, ckpt=ckpt,
         saved_config=saved_config, training=tr, workdir=workdir, hook=hook,
         desc="training" if what == "model" else what,
     )  # fmt: skip
-
-
-# ----------------------------------------------------------------------------- resuming
 
 
 def open_checkpointer(workdir: Path, training) -> checkpoint.Checkpointer:
@@ -177,9 +169,6 @@ def resume_or_init(
     if jax.process_index() == 0:
         print(f"Resumed the {what} from step {int(state.step)} ({ckpt.directory}).", flush=True)
     return state
-
-
-# ----------------------------------------------------------------------------- the loop
 
 
 class MetricsLog:

@@ -26,13 +26,6 @@ log = logging.getLogger(__name__)
 class PreemptionGuard:
     """Turns SIGTERM into a flag: `guard.requested` becomes True and the process lives on.
 
-        with PreemptionGuard() as guard:
-            for step in ...:
-                ...
-                if guard.should_stop(step):
-                    ckpt.save(step, state, config, it, force=True)
-                    break
-
     The previous handlers are restored on exit. Signal handlers can only be installed from the
     main thread; elsewhere the guard logs a warning and never fires. With several JAX processes,
     `should_stop(step)` asks JAX's preemption service instead (all processes must call it at the

@@ -4,11 +4,9 @@ host, resuming from the run's latest checkpoint.
     from diffusion_jax.training import train
     state = train.train(config, "runs/cifar10")   # resumes from runs/cifar10/checkpoints
 
-Writes workdir/checkpoints (orbax: state, data iterator, config), workdir/config.json,
-workdir/metrics.jsonl, workdir/tensorboard and workdir/samples. The state is replicated, or with
-training.fsdp > 1 each large array is split over the mesh's 'fsdp' axis (FSDP: the same update,
-with 1/fsdp of the parameters, EMA and optimizer state on each device). On SIGTERM the run saves
-a checkpoint at the current step and returns.
+Writes workdir/checkpoints (orbax: state, data iterator, config), config.json, metrics.jsonl,
+tensorboard/ and samples/. The state is replicated, or with training.fsdp > 1 split over the
+mesh's 'fsdp' axis (the same update, 1/fsdp of the state per device). SIGTERM: checkpoint, return.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ ACCELERATOR="${ACCELERATOR:-v5p-32}"
 RUNTIME="${RUNTIME:-v2-alpha-tpuv5}"          # the TPU VM image for the chip generation
 REPO="${REPO:?set REPO to the git URL of this repository}"
 RUNS="${RUNS:-/mnt/runs}"                      # shared by every worker
-CONFIG="${CONFIG:-diffusion_jax/configs/cifar10.py}"
+CONFIG="${CONFIG:-cifar10}"
 BATCH="${BATCH:-128}"                          # global; 128 / 16 chips = 8 per chip
 
 run_all() {  # the same command on every worker of the slice
