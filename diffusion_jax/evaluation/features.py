@@ -55,7 +55,8 @@ def classifier_extractor(
     """The pooled features and logits at t = 0 of a `train-classifier` run, of images scaled to
     [-1, 1] as the data pipeline does, in the classifier's input shape (else a ValueError)."""
     module, params = runs.load_classifier(workdir)
-    shape = tuple(runs.saved_config(workdir, "train-classifier")["classifier"]["image_shape"])
+    with runs.open_run(workdir, "train-classifier") as ckpt:
+        shape = tuple(ckpt.restore_config()["classifier"]["image_shape"])
     feature_dim = module.ch * module.ch_mult[-1]
 
     @jax.jit

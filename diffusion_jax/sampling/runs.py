@@ -44,37 +44,38 @@ class Run:
 
 
 def read_params(
-    workdir: str | Path, parts: setup.Parts, *, step: int | None = None, ema: bool = True
-) -> tuple[Any, int, dict]:
-    """(params, step, saved config dict) of checkpoint `step` (default: latest) in `workdir`: EMA
-    or (`ema=False`) raw params, shaped as `parts` says, replicated over this process's devices."""
+    ckpt: checkpoint.Checkpointer, parts: setup.Parts, *, step: int | None, ema: bool = True
+) -> tuple[Any, int]:
+    """(params, step) of checkpoint `step` (None: latest): EMA or (`ema=False`) raw params only,
+    shaped as `parts` says, replicated over this process's devices."""
     rep = parallel.replicated(parallel.local_mesh())
-    params = jax.tree_util.tree_map(
-        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), parts.abstract_params()
-    )
     key = "ema_params" if ema else "params"
-    target = {"step": jax.ShapeDtypeStruct((), jnp.int32, sharding=rep), key: params}
-    with checkpoint.Checkpointer(workdir, read_only=True) as ckpt:
-        state, saved = ckpt.restore(target, step=step, partial=True)
-    return state[key], int(state["step"]), saved
+    target = {"step": jax.ShapeDtypeStruct((), jnp.int32), key: parts.abstract_params()}
+    target = jax.tree_util.tree_map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), target
+    )
+    state, _ = ckpt.restore(target, step=step, partial=True)
+    return state[key], int(state["step"])
 
 
-def saved_config(workdir: str | Path, command: str, step: int | None = None) -> dict:
-    """The config dict of checkpoint `step` (default: latest) in `workdir`, or a CheckpointError."""
-    with checkpoint.Checkpointer(workdir, read_only=True) as ckpt:
-        if ckpt.latest_step() is None:
-            raise checkpoint.CheckpointError(
-                f"No checkpoint in {Path(workdir) / 'checkpoints'}: train first with "
-                f"`diffusion-jax {command} --config ... --workdir {workdir}`."
-            )
-        return ckpt.restore_config(step)
+def open_run(workdir: str | Path, command: str) -> checkpoint.Checkpointer:
+    """`workdir`'s checkpoints, read-only, or a CheckpointError naming the command to make them."""
+    ckpt = checkpoint.Checkpointer(workdir, read_only=True)
+    if ckpt.latest_step() is None:
+        ckpt.close()
+        raise checkpoint.CheckpointError(
+            f"No checkpoint in {Path(workdir) / 'checkpoints'}: train first with "
+            f"`diffusion-jax {command} --config ... --workdir {workdir}`."
+        )
+    return ckpt
 
 
 def load_run(workdir: str | Path, *, step: int | None = None, use_ema: bool = True) -> Run:
     """The run in `workdir` at `step` (default: latest), with EMA params unless `use_ema=False`."""
-    config = ml_collections.ConfigDict(saved_config(workdir, "train", step))
-    parts = setup.diffusion_parts(config)
-    params, at, _ = read_params(workdir, parts, step=step, ema=use_ema)
+    with open_run(workdir, "train") as ckpt:
+        config = ml_collections.ConfigDict(ckpt.restore_config(step))
+        parts = setup.diffusion_parts(config)
+        params, at = read_params(ckpt, parts, step=step, ema=use_ema)
     return Run(config, parts.apply_fn, params, parts.example_shape, at, use_ema)
 
 
@@ -104,21 +105,19 @@ def load_classifier(
     """(module, params) of the classifier checkpointed in `workdir` (default: latest step); `ema`
     params equal the raw ones when training.ema_decay = 0. With the guided model's config.diffusion
     as `diffusion_config`, a classifier trained on another noise schedule raises ValueError."""
-    saved = saved_config(workdir, "train-classifier", step)
-    c = saved.get("classifier", {})
-    if "image_shape" not in c:
-        raise checkpoint.CheckpointError(
-            f"{workdir} does not hold a classifier run (its config has no resolved "
-            "classifier section); was it trained with `diffusion-jax train`?"
-        )
-    if diffusion_config is not None:
-        _check_schedule(saved["diffusion"], diffusion_config, workdir)
-    parts = setup.classifier_parts(
-        ml_collections.ConfigDict(saved),
-        num_classes=c["num_classes"],
-        example_shape=tuple(c["image_shape"]),
-    )
-    params, _, _ = read_params(workdir, parts, step=step, ema=ema)
+    with open_run(workdir, "train-classifier") as ckpt:
+        saved = ckpt.restore_config(step)
+        c = saved.get("classifier", {})
+        if "image_shape" not in c:
+            raise checkpoint.CheckpointError(
+                f"{workdir} does not hold a classifier run (its config has no resolved "
+                "classifier section); was it trained with `diffusion-jax train`?"
+            )
+        if diffusion_config is not None:
+            _check_schedule(saved["diffusion"], diffusion_config, workdir)
+        config, shape = ml_collections.ConfigDict(saved), tuple(c["image_shape"])
+        parts = setup.classifier_parts(config, num_classes=c["num_classes"], example_shape=shape)
+        params, _ = read_params(ckpt, parts, step=step, ema=ema)
     return parts.model, params
 
 
