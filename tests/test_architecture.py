@@ -11,9 +11,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "diffusion_jax"
 
 # Lowest first. A module may import its own folder and the folders of lower layers only.
 LAYERS = [
-    ("core", "configs"),  # pure maths; presets
+    ("core", "configs", "errors"),  # pure maths; presets; the user-error types
     ("models", "data", "parallel", "perf", "checkpoint"),  # networks, input, devices, storage
-    ("setup",),  # config -> parts: the one set-up path
+    ("setup", "validation"),  # config -> parts: the one set-up path; config checks
     ("sampling",),  # samplers, runs loaded for inference, generate
     ("evaluation",),  # metrics, Inception, features, bits/dim
     ("training",),  # state, steps, the loop and its sample/eval hooks

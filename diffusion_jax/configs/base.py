@@ -32,6 +32,9 @@ def base_config() -> ml_collections.ConfigDict:
             random_flip=False,  # random horizontal flips
             use_labels=False,  # put "label" in each batch (class-conditional models)
             num_workers=0,  # grain worker processes; 0 reads in the main process
+            # folder datasets: leave out (and list) image files that do not decode, instead of
+            # refusing to start
+            skip_unreadable=False,
         )
     )
 
@@ -101,6 +104,7 @@ def base_config() -> ml_collections.ConfigDict:
             sample_respacing="",  # e.g. "250" to draw the grids with 250 of the T steps
             eval_every=0,  # calls the evaluation hook; 0 disables
             on_nonfinite="error",  # "error": stop naming the step; "skip": skip and count
+            max_consecutive_skips=20,  # on_nonfinite="skip": stop after this many in a row
         )
     )
 
