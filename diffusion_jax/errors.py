@@ -18,3 +18,10 @@ class UserError(Exception):
 
 class ConfigError(UserError, ValueError):
     """A config key has a value of the wrong type or out of range; the message names the key."""
+
+
+def os_error_in(error: BaseException | None, depth: int = 8) -> OSError | None:
+    """The first OSError in `error`'s chain of causes (libraries wrap those of their threads)."""
+    while error is not None and not isinstance(error, OSError) and (depth := depth - 1):
+        error = error.__cause__ or error.__context__
+    return error if isinstance(error, OSError) else None

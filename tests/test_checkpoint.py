@@ -14,8 +14,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceShardin
 
 from diffusion_jax.checkpoint import Checkpointer, CheckpointError
 from diffusion_jax.configs import base_config
-from diffusion_jax.training.loop import config_mismatch
 from diffusion_jax.training.preemption import PreemptionGuard
+from diffusion_jax.training.resume import config_mismatch
 from diffusion_jax.training.state import create_train_state
 
 

@@ -1,8 +1,8 @@
 """Multi-process training: 2 processes x 4 CPU devices (gloo over loopback) against 1 x 8.
 
 One scenario, to keep CI short: two processes train the tiny config; process 1 is killed
-(SIGKILL) after step 3, with the checkpoint of step 2 on disk; process 0 must then stop by itself
-with JAX's error within a bounded time; both are restarted with the local launcher
+(SIGKILL) as step 3 begins, with the checkpoint of step 2 on disk; process 0 must then stop by
+itself with JAX's error within a bounded time; both are restarted with the local launcher
 (experiments/launch/local.py), resume from step 2 and finish; the final state must equal that of
 an uninterrupted 1-process x 8-device run; then `sample` in 2 processes must draw the samples one
 process of 8 devices draws. The processes share a persistent compilation cache, so the restart
@@ -38,26 +38,28 @@ OVERRIDES = [
     "--config.model.ch=64",
     "--config.training.num_steps=4",
     "--config.training.checkpoint_every=2",
-    "--config.training.eval_every=1",  # the hook below runs after every step
 ]
 HEARTBEAT_S = 10  # a dead peer is noticed after this long
 DEADLINE_S = 240  # no phase may take longer: a hang fails the test instead of blocking CI
 
-# `diffusion-jax train` with the multi-process flags, where process `victim` SIGKILLs itself after
-# step `at` (through the public evaluation hook).
+# `diffusion-jax train` with the multi-process flags, where process `victim` SIGKILLs itself as
+# step `at` begins (when it fetches that step's batch).
 KILLING_RUN = """
 import os, signal, sys
-from diffusion_jax import cli
+from diffusion_jax import cli, parallel
 from diffusion_jax.training import train
 victim, at, argv = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
 cli.flags.start_distributed(cli.flags.distributed_flags(argv)[0])
 import jax
 config, workdir = cli.flags.parse_train_flags(argv)
-def hook(state, step):
-    if step == at and jax.process_index() == victim:
+real, calls = parallel.global_batch, []
+def global_batch(mesh, batch):
+    calls.append(1)
+    if len(calls) == at and jax.process_index() == victim:
         os.kill(os.getpid(), signal.SIGKILL)
-    return {}
-train.train(config, workdir, eval_fn=hook)
+    return real(mesh, batch)
+parallel.global_batch = global_batch
+train.train(config, workdir)
 """
 
 

@@ -23,6 +23,7 @@ import pytest
 
 from diffusion_jax import cli, configs
 from diffusion_jax.configs import flatten_keys
+from diffusion_jax.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = ROOT / "experiments" / "paper"
@@ -223,7 +224,7 @@ def command_errors(argv: list[str], monkeypatch) -> list[str]:
         cli.main(argv)
     except _Parsed as parsed:
         return _argparse_errors(command, rest, parsed.parser, parsed.namespace)
-    except SystemExit as e:
+    except (SystemExit, UserError) as e:
         return [f"the parser refused {' '.join(argv)!r}: {e}"]
     return [f"{command} ran past its parser"]
 
@@ -237,7 +238,7 @@ def _train_errors(rest: list[str]) -> list[str]:
             errors.append(f"train has no flag {flag}")
     try:
         config, workdir = cli.flags.parse_train_flags(rest)
-    except SystemExit as e:
+    except (SystemExit, UserError) as e:
         return [*errors, f"train's flags were refused: {e}"]
     if not workdir:
         errors.append("train needs --workdir")

@@ -399,7 +399,7 @@ def test_import_writes_a_run_that_load_run_samples_from(tmp_path, capsys):
     assert samples.shape == (2, 32, 32, 3) and samples.dtype == np.uint8
 
     # A second import to the same place is refused, and leaves no temporary directory behind.
-    assert cli.main(["import-weights", "--from", str(src), "--out", str(out)]) == 1
+    assert cli.main(["import-weights", "--from", str(src), "--out", str(out)]) == 2
     assert "already exists" in capsys.readouterr().err
     broken = write_checkpoint(tmp_path / "broken", {**SMALL_CIFAR, "freq_shift": 0}, {})
     with pytest.raises(diffusers.PretrainedError, match="freq_shift"):

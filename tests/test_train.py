@@ -84,13 +84,14 @@ def test_preempted_and_killed_run_resumes_to_the_same_parameters_bit_for_bit(tmp
     ran = _cli("train", "--config", TINY, "--workdir", str(straight), *steps)
     assert ran.returncode == 0, ran.stderr[-3000:]
 
-    # SIGTERM after step 3: a checkpoint at step 3 (not a multiple of checkpoint_every=2), exit 0
+    # eval_every=1: every step is checkpointed before its hook runs. SIGTERM in step 3's hook:
+    # the run stops after step 4 with its checkpoint (the last 3 kept), exit 0
     term = _signalling_run(3, "SIGTERM", "--config", TINY, "--workdir", str(broken), *steps)
     assert term.returncode == 0, term.stderr[-3000:]
-    assert "checkpoint saved at step 3" in term.stdout
-    assert sorted(int(p.name) for p in (broken / "checkpoints").iterdir()) == [2, 3]
+    assert "stopped by SIGTERM, checkpoint saved at step 4 of 8" in term.stdout
+    assert sorted(int(p.name) for p in (broken / "checkpoints").iterdir()) == [2, 3, 4]
 
-    # SIGKILL after step 5 (checkpoint at 4 written, step 5 lost), then run to the end
+    # SIGKILL in step 5's hook (its checkpoint written, the process killed), then to the end
     kill = _signalling_run(5, "SIGKILL", "--config", TINY, "--workdir", str(broken), *steps)
     assert kill.returncode == -signal.SIGKILL
     resumed = _cli("train", "--config", TINY, "--workdir", str(broken), *steps)
@@ -140,7 +141,7 @@ def test_cli_errors_are_clear_and_quick(tmp_path):
         str(tmp_path / "c"),
         f"--config.data.data_dir={tmp_path / 'tfds'}",
     )
-    assert missing.returncode == 1 and "prepare-data cifar10" in missing.stderr
+    assert missing.returncode == 2 and "prepare-data cifar10" in missing.stderr
     assert "Traceback" not in missing.stderr
     assert time.time() - start < 60
     assert not (tmp_path / "c" / "checkpoints").exists()

@@ -12,7 +12,7 @@ from diffusion_jax.cli.flags import UsageError
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = flags.Parser(
         prog="diffusion-jax evaluate",
         description="FID / Inception Score / KID / precision-recall of samples (a file, or drawn "
         "now from --workdir) against reference statistics; --bpd: the variational bound in "
@@ -48,6 +48,8 @@ def _check(args: argparse.Namespace) -> None:
         )
     if (args.bpd or (args.num and not args.samples) or args.ref_split) and not args.workdir:
         raise UsageError("--bpd, --num and --ref_split need the run's --workdir.")
+    if args.num or args.num < 0:
+        flags.check_sampling_flags(args)
 
 
 def _sample_metrics(args: argparse.Namespace, run, is_main: bool) -> dict:

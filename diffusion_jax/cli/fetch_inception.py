@@ -3,13 +3,13 @@ Inception-v3 weights downloaded (or read from a local copy) and converted for Fl
 
 from __future__ import annotations
 
-import argparse
+from diffusion_jax.cli import flags
 
 
 def main(argv: list[str]) -> int:
     from diffusion_jax.evaluation import inception_weights as weights
 
-    parser = argparse.ArgumentParser(
+    parser = flags.Parser(
         prog="diffusion-jax fetch-inception",
         description="Download pytorch-fid's FID Inception weights (or take a downloaded copy) "
         "and convert them for diffusion_jax. Needs torch to read the .pth file.",

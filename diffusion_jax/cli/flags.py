@@ -13,12 +13,25 @@ from __future__ import annotations
 
 import argparse
 
+from diffusion_jax.errors import UserError
 
-class UsageError(SystemExit):
+
+class UsageError(UserError):
     """A mistake on the command line: the message says what to change."""
 
-    def __init__(self, message: str):
-        super().__init__(f"diffusion-jax: error: {message}")
+
+class Parser(argparse.ArgumentParser):
+    """An argparse parser whose mistakes are UsageErrors (one line from the error boundary, exit
+    status 2) instead of argparse's usage block and SystemExit; --help is argparse's own."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        raise UsageError(
+            f"{message} (diffusion-jax {self.prog.split()[-1]} --help lists the flags)"
+        )
 
 
 def _add_distributed_flags(parser: argparse.ArgumentParser) -> None:
@@ -46,10 +59,22 @@ def _add_distributed_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_resume_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--allow_config_change",
+        action="store_true",
+        help="resume although the data, batch or seed keys differ from the run's (every change "
+        "is appended to WORKDIR/config_history.jsonl); keys that change the model are never "
+        "allowed",
+    )
+
+
 def distributed_flags(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    """(the multi-process flags, the other arguments) of a command line."""
-    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    """(the multi-process flags and train's own --allow_config_change, the other arguments) of a
+    command line."""
+    parser = Parser(add_help=False)
     _add_distributed_flags(parser)
+    _add_resume_flags(parser)
     return parser.parse_known_args(argv)
 
 
@@ -77,21 +102,30 @@ def wants_help(argv: list[str]) -> bool:
     return any(a in ("-h", "--help") for a in head)
 
 
-def train_help(command: str = "train", description: str = "") -> str:
-    """The help text of `diffusion-jax train` / `train-classifier` (absl flags, so not argparse's
-    own: this parser only formats it)."""
+def train_help(command: str = "train", description: str = "", argv: list[str] = ()) -> str:
+    """The help text of `diffusion-jax train` / `train-classifier`: its flags and every config
+    key with its value (of --config's preset when `argv` names one, else of the base config).
+    (absl parses these flags; this argparse parser only formats the help.)"""
     from diffusion_jax import configs
 
+    example = "digits_classifier" if "classifier" in command else "digits"
+    found = _config_arg(list(argv))
+    name = found[1].split(":", 1)[0] if found else example
+    try:
+        config = configs.get_config(name)
+    except ValueError:
+        name, config = example, configs.get_config(example)
+    keys = "\n".join(f"  --config.{k}={_flag_value(v)}" for k, v in _leaves(config))
     parser = argparse.ArgumentParser(
         prog=f"diffusion-jax {command}",
         usage=f"diffusion-jax {command} --config NAME_OR_FILE --workdir DIR "
-        "[--config.KEY=VALUE ...] [multi-process flags]",
+        "[--config.KEY=VALUE ...] [--allow_config_change] [--debug] [multi-process flags]",
         description=description,
-        epilog="Overrides: --config.KEY=VALUE sets any key of the config, e.g. "
-        "--config.training.batch_size=64 --config.model.dropout=0.1. Configs are locked first, "
-        f"so a mistyped key fails and names the nearest keys. Example: diffusion-jax {command} "
-        f"--config {'digits_classifier' if 'classifier' in command else 'digits'} "
-        "--workdir runs/digits",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"config keys (--config.KEY=VALUE; the values of {name}):\n{keys}\n\n"
+        "Configs are locked first, so a mistyped key fails and names the nearest keys; every "
+        "value is checked before anything is compiled or written. Example: diffusion-jax "
+        f"{command} --config {example} --workdir runs/{example}",
     )
     parser.add_argument(
         "--config",
@@ -100,8 +134,24 @@ def train_help(command: str = "train", description: str = "") -> str:
         "FILE:ARG passes ARG to get_config",
     )
     parser.add_argument("--workdir", help="directory for checkpoints, logs and samples")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
+    _add_resume_flags(parser)
     _add_distributed_flags(parser)
     return parser.format_help()
+
+
+def _leaves(config, prefix: str = ""):
+    for key, value in config.items():
+        if hasattr(value, "items"):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def _flag_value(value) -> str:
+    if isinstance(value, tuple | list):
+        return "'(" + ",".join(str(v) for v in value) + ("," if len(value) == 1 else "") + ")'"
+    return repr(value) if isinstance(value, str) else str(value)
 
 
 def _config_arg(argv: list[str]) -> tuple[int, str] | None:
@@ -208,6 +258,46 @@ def add_sampling_flags(parser: argparse.ArgumentParser, num: int) -> None:
     parser.add_argument("--no_ema", action="store_true", help="use the raw parameters")
 
 
+def check_sampling_flags(args: argparse.Namespace) -> None:
+    """A UsageError for sampling flags out of range, before anything is loaded or drawn."""
+    wrong = [
+        f"--{name} must be {rule}, got {getattr(args, name)}"
+        for name, rule, ok in (
+            ("num", "an integer >= 1", args.num >= 1),
+            ("batch_size", "an integer >= 1", args.batch_size >= 1),
+            ("steps", "an integer >= 0 (0: all T steps)", args.steps >= 0),
+            ("eta", ">= 0", args.eta >= 0),
+            ("step", "a saved step >= 0", getattr(args, "step", None) is None or args.step >= 0),
+        )
+        if not ok
+    ]
+    try:
+        [int(c) for c in args.classes.split(",") if c.strip()]
+    except ValueError:
+        wrong.append(f"--classes must be comma-separated integers, got {args.classes!r}")
+    if wrong:
+        raise UsageError("; ".join(wrong) + ".")
+
+
+def check_output(paths: list, overwrite: bool) -> None:
+    """A UsageError, before any work, when an output exists (unless `overwrite`) or its folder
+    cannot be created or written."""
+    import os
+    from pathlib import Path
+
+    for path in map(Path, paths):
+        if path.exists() and (path.is_dir() or not overwrite):
+            what = "a directory" if path.is_dir() else "already there"
+            raise UsageError(
+                f"{path} is {what}: choose another --out"
+                + ("" if path.is_dir() else ", or pass --overwrite to replace it")
+                + "."
+            )
+        folder = next(p for p in (path.parent, *path.parent.parents) if p.exists())
+        if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+            raise UsageError(f"cannot write {path}: {folder} is not a writable directory.")
+
+
 def with_var_type(args: argparse.Namespace, run):
     """`run` with the fixed variance of --var_type, when given."""
     from diffusion_jax.sampling import runs
@@ -278,10 +368,13 @@ def extractor(args: argparse.Namespace):
     """The feature extractor the feature flags ask for."""
     from diffusion_jax.evaluation.features import get_extractor
 
-    return get_extractor(
-        args.features,
-        workdir=args.feature_workdir or None,
-        weights=args.inception_weights or None,
-        batch_size=args.feature_batch_size,
-        progress=True,
-    )
+    try:
+        return get_extractor(
+            args.features,
+            workdir=args.feature_workdir or None,
+            weights=args.inception_weights or None,
+            batch_size=args.feature_batch_size,
+            progress=True,
+        )
+    except ValueError as e:  # a feature flag that does not fit (e.g. no --feature_workdir)
+        raise UsageError(str(e)) from None

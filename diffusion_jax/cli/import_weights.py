@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
+
+from diffusion_jax.cli import flags
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = flags.Parser(
         prog="diffusion-jax import-weights",
         description="Import a published DDPM checkpoint (diffusers UNet2DModel folder: "
         "config.json + diffusion_pytorch_model.safetensors or .bin) as a run directory that "
@@ -50,13 +51,8 @@ def _print_summary(out: Path, info: dict) -> None:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    from diffusion_jax.checkpoint import CheckpointError
     from diffusion_jax.pretrained import importer
 
-    try:
-        out = Path(importer.import_weights(args.src, args.out, config_name=args.config))
-    except (importer.PretrainedError, CheckpointError) as e:
-        print(f"diffusion-jax import-weights: error: {e}", file=sys.stderr)
-        return 1
+    out = Path(importer.import_weights(args.src, args.out, config_name=args.config))
     _print_summary(out, json.loads((out / importer.PROVENANCE_FILE).read_text()))
     return 0

@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-import argparse
-
 from diffusion_jax import __version__
+from diffusion_jax.cli import flags
 from diffusion_jax.models.unet import PRESET_IMAGE_SIZES
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="diffusion-jax info")
+    parser = flags.Parser(prog="diffusion-jax info")
     parser.add_argument(
         "--presets",
         nargs="*",

@@ -3,11 +3,11 @@ downloaded and prepared once (`data.pipeline.prepare_data`)."""
 
 from __future__ import annotations
 
-import argparse
+from diffusion_jax.cli import flags
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="diffusion-jax prepare-data")
+    parser = flags.Parser(prog="diffusion-jax prepare-data")
     parser.add_argument("name", help="TFDS dataset, e.g. cifar10, celeb_a_hq, lsun/church_outdoor")
     parser.add_argument(
         "--data_dir", default="", help="TFDS data_dir (default ~/tensorflow_datasets)"

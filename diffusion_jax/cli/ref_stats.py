@@ -10,7 +10,7 @@ from diffusion_jax.cli.flags import UsageError
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = flags.Parser(
         prog="diffusion-jax ref-stats",
         description="Reference feature statistics (mean, covariance and, unless --stats_only, the "
         "features for KID and precision/recall) of a dataset split or an image folder.",

@@ -13,16 +13,14 @@ DESCRIPTIONS = {
 
 def main(argv: list[str], command: str = "train") -> int:
     if flags.wants_help(argv):
-        print(flags.train_help(command, DESCRIPTIONS[command]))
+        print(flags.train_help(command, DESCRIPTIONS[command], argv))
         return 0
-    flags.start_distributed(flags.distributed_flags(argv)[0])
+    options = flags.distributed_flags(argv)[0]
+    flags.start_distributed(options)
     config, workdir = flags.parse_train_flags(argv, command=command)
     if command == "train":
-        from diffusion_jax.training.train import train
-
-        train(config, workdir)
+        from diffusion_jax.training.train import train as run
     else:
-        from diffusion_jax.training.classifier import train_classifier
-
-        train_classifier(config, workdir)
+        from diffusion_jax.training.classifier import train_classifier as run
+    run(config, workdir, allow_changes=options.allow_config_change)
     return 0

@@ -6,6 +6,7 @@
 
 `sources` (TFDS through `tfds.data_source`, image folders, scikit-learn's digits, the 2-D toy),
 `pipeline` (grain: shuffling, preprocessing, each host's block of the global batch, resumable
-iterators; dataset metadata), `images` (uint8 conversion and sample grids). The data stage
-may import only the core layer (it imports nothing of the package today).
+iterators; dataset metadata), `check` (folder datasets decoded up front, in parallel: unreadable
+and small images), `images` (uint8 conversion and sample grids). The data stage may import only
+layer 0 (it imports diffusion_jax.errors).
 """

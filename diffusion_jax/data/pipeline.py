@@ -19,7 +19,8 @@ the epoch into the seed); the flip randomness is a function of the seed and the 
 in that global order. Global batch b is positions [b * B, (b + 1) * B) of that order, in order,
 whatever the number of hosts P: host p reads only its contiguous block of B / P (the rows its
 devices hold), so hosts never read the same example within an epoch, and the training run depends
-only on the seed (2 hosts of 4 devices compute what one host of 8 does). Datasets: see `DATASETS`.
+only on the seed (2 hosts of 4 devices compute what one host of 8 does). Datasets: see `DATASETS`;
+an image folder is decoded once per process before its first use (`check.checked_source`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import Any
 import grain
 import numpy as np
 
+from diffusion_jax.data.check import checked_source
 from diffusion_jax.data.sources import (
     TFDS_NAMES,
     TOY2D_LENGTH,
@@ -111,9 +113,10 @@ def _image_shape(name: str, height, width, channels: int, image_size: int) -> tu
 
 
 def dataset_info(data_config: Any) -> DatasetInfo:
-    """Shape, classes and split sizes of `data_config.dataset`, without reading examples. For TFDS
-    datasets this reads the prepared builder's metadata and raises `DatasetNotFoundError` (with the
-    command to run) when the dataset is not prepared."""
+    """Shape, classes and split sizes of `data_config.dataset`. For TFDS datasets this reads the
+    prepared builder's metadata and raises `DatasetNotFoundError` (with the command to run) when
+    the dataset is not prepared; for a folder, the first call in a process decodes every image
+    (`check.checked_source`: unreadable files raise `ImageDecodeError` or are left out)."""
     name = _get(data_config, "dataset", "digits")
     image_size = int(_get(data_config, "image_size", 0))
     _check_name(name)
@@ -152,8 +155,10 @@ _TFDS_SHAPES = {
 
 def example_shape(data_config: Any) -> tuple[int, ...]:
     """The shape of one preprocessed example: `dataset_info(...).shape`, except that a TFDS
-    dataset need not be prepared here (sampling a run needs its shape, not its data)."""
+    dataset or image folder need not be there (sampling a run needs its shape, not its data)."""
     name = _get(data_config, "dataset", "digits")
+    if name == "folder":
+        return _image_shape(name, None, None, 3, int(_get(data_config, "image_size", 0)))
     if name in _TFDS_SHAPES:
         height, width, channels = _TFDS_SHAPES[name]
         return _image_shape(name, height, width, channels, int(_get(data_config, "image_size", 0)))
@@ -164,7 +169,11 @@ def _folder_source(data_config: Any) -> ImageFolderSource:
     folder = _get(data_config, "folder", "")
     if not folder:
         raise ValueError("dataset 'folder' reads config.data.folder, which is not set.")
-    return ImageFolderSource(folder)
+    source = ImageFolderSource(folder)  # a missing or empty folder fails here, first
+    image_size = int(_get(data_config, "image_size", 0))
+    _image_shape("folder", None, None, 3, image_size)  # then a missing image_size, before decoding
+    skip_unreadable = bool(_get(data_config, "skip_unreadable", False))
+    return checked_source(source, image_size=image_size, skip_unreadable=skip_unreadable)
 
 
 def open_source(data_config: Any, split: str = "train"):

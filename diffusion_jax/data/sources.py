@@ -16,13 +16,17 @@ receive it by pickle. Images are uint8 [H, W, C]; `toy2d` yields float32 [2] poi
 
 from __future__ import annotations
 
+import copy
 import functools
 import importlib.util
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from diffusion_jax.errors import UserError
 
 # Our dataset name -> the TFDS name (with config) it reads.
 TFDS_NAMES = {
@@ -45,15 +49,15 @@ TOY2D_LENGTH = 100_000
 _TOY2D_SPLIT_SEEDS = {"train": 0, "test": 1}
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(UserError, FileNotFoundError):
     """A dataset is missing or unreadable; the message says where we looked and what to run."""
 
 
-class ImageDecodeError(ValueError):
-    """An image file could not be decoded; the message names the file."""
+class ImageDecodeError(UserError, ValueError):
+    """Image files do not decode; the message names them (and, for a folder, what to do)."""
 
 
-class DataPreparationError(RuntimeError):
+class DataPreparationError(UserError, RuntimeError):
     """`prepare_data` could not prepare a TFDS dataset; the message says why and what to do."""
 
 
@@ -234,6 +238,21 @@ class ImageFolderSource:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    def without(self, files: Iterable[str]) -> ImageFolderSource:
+        """This source less `files` (names as in `self.files`); the classes, and the labels of the
+        files kept, stay as they were."""
+        drop = set(files)
+        kept = [i for i, name in enumerate(self.files) if name not in drop]
+        if not kept:
+            raise DatasetNotFoundError(
+                f"Image folder {self.root!r}: all {len(self)} image files are left out; none "
+                "remains to read."
+            )
+        other = copy.copy(self)
+        other.files = [self.files[i] for i in kept]
+        other.labels = [self.labels[i] for i in kept]
+        return other
 
     def __len__(self) -> int:
         return len(self.files)

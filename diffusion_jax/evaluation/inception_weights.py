@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from flax import traverse_util
 
+from diffusion_jax.errors import UserError
 from diffusion_jax.evaluation.inception import FIDInceptionV3, variable_shapes
 
 WEIGHTS_URL = (
@@ -37,11 +38,11 @@ _META = "__meta__/"  # .npz entries under this prefix are metadata, not variable
 _FORMAT_VERSION = 1
 
 
-class InceptionWeightsNotFoundError(FileNotFoundError):
+class InceptionWeightsNotFoundError(UserError, FileNotFoundError):
     """The converted Inception weights are not where they were looked for."""
 
 
-class InceptionWeightsError(RuntimeError):
+class InceptionWeightsError(UserError, RuntimeError):
     """Getting or converting the weights failed (network, hash, torch missing, bad file)."""
 
 

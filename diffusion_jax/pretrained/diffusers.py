@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from diffusion_jax.errors import UserError
 from diffusion_jax.models.layers import GROUPNORM_EPSILON, GROUPNORM_GROUPS
 from diffusion_jax.models.unet import UNet
 
@@ -39,7 +40,7 @@ DOWNLOAD_HINT = (
 )
 
 
-class PretrainedError(ValueError):
+class PretrainedError(UserError, ValueError):
     """A checkpoint cannot be read or imported; the message says what is wrong and what to do."""
 
 

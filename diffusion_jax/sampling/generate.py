@@ -10,6 +10,7 @@ does the same (launched on every host of a multi-process job; only process 0 wri
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -133,7 +134,9 @@ def save_samples(samples, labels, out: str | Path, grid: str | Path | None = Non
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     arrays = {"arr_0": samples} | ({"labels": labels} if labels is not None else {})
-    np.savez(out, **arrays)
+    partial = out.with_name(f".{out.name}.partial.npz")  # a failed write leaves `out` as it was
+    np.savez(partial, **arrays)
+    os.replace(partial, out)
     if grid is not None and samples.ndim == 4:
         images.save_grid(samples[:64], grid)
     return out

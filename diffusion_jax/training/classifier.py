@@ -27,11 +27,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax import parallel, setup
+from diffusion_jax import parallel, setup, validation
 from diffusion_jax.core import diffusion, schedules
 from diffusion_jax.data import pipeline as data
 from diffusion_jax.sampling.runs import SCHEDULE_KEYS
 from diffusion_jax.training import loop, step
+from diffusion_jax.training.resume import ResumeRules
 
 # classifier.* keys that may change when a run resumes (they do not change the parameters).
 _RESUMABLE = frozenset({"classifier.dropout", "classifier.dtype"})
@@ -114,14 +115,16 @@ def _resolved_config(config, num_classes: int, example_shape) -> dict:
     return resolved
 
 
-def train_classifier(config: Any, workdir: str | Path) -> Any:
+def train_classifier(config: Any, workdir: str | Path, *, allow_changes: bool = False) -> Any:
     """Trains `config.classifier` on `config.data` in `workdir`, resuming if possible.
 
     Writes workdir/checkpoints (state, data iterator, resolved config), workdir/config.json,
     workdir/metrics.jsonl (loss, accuracy, ...; and eval/accuracy_t{t} every
     training.eval_every steps and at the end, when eval_every > 0) and workdir/tensorboard.
-    Returns the final state."""
+    Returns the final state. `allow_changes`: resume although the data, batch or seed changed
+    (`resume.ResumeRules`)."""
     _check_config(config)
+    validation.validate(config, kind="classifier")
     parallel.maybe_initialize_distributed()
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -137,25 +140,24 @@ def train_classifier(config: Any, workdir: str | Path) -> Any:
     trained_t = max_timestep(config.classifier, d.num_timesteps)
     eval_t = None if trained_t > d.num_timesteps // 2 else (0,)
 
-    def hook(step_: int, state, last: bool) -> dict[str, float]:
-        if not (tr.eval_every and (step_ % tr.eval_every == 0 or last)):
-            return {}
+    def due(step_: int, last: bool) -> bool:
+        return bool(tr.eval_every) and (step_ % tr.eval_every == 0 or last)
+
+    def run(step_: int, state, last: bool) -> dict[str, float]:
         acc = evaluate_classifier(
             parts.apply_fn, state.ema_params, parts.schedule, config.data, timesteps=eval_t,
             seed=config.seed,
         )  # fmt: skip
         return {f"eval/{k}": v for k, v in acc.items()}
 
-    sections = ("classifier", *(f"diffusion.{k}" for k in SCHEDULE_KEYS))
+    fixed = ("classifier", *(f"diffusion.{k}" for k in SCHEDULE_KEYS))
     return loop.fit(
         parts,
         mesh,
         workdir,
         make_step=functools.partial(step.make_classifier_train_step, max_timestep=trained_t),
         saved_config=resolved,
-        mismatch=lambda saved: loop.config_mismatch(
-            saved, resolved, sections=sections, ignore=_RESUMABLE
-        ),
-        hook=hook,
-        what="classifier",
+        rules=ResumeRules(fixed=fixed, resumable=_RESUMABLE, what="classifier"),
+        allow_changes=allow_changes,
+        hook=loop.Hook(due=due, run=run),
     )

@@ -1,7 +1,8 @@
 """What a training run does besides stepping: sample grids and evaluations every few steps.
 
-    hook = hooks.training_hook(parts, workdir)       # for loop.fit
-    extra = hook(step, state, last)                  # {"eval/fid": ..., ...} or {}
+    hook = hooks.training_hook(parts, workdir)       # a loop.Hook, for loop.fit
+    if hook.due(step, last):
+        extra = hook.run(step, state, last)          # {"eval/fid": ..., ...} or {}
 
 Grids (training.sample_every): ancestral samples of the EMA parameters, respaced to
 training.sample_respacing, as workdir/samples/step_<N>.png (.npy for vector data). Evaluations
@@ -26,31 +27,37 @@ from diffusion_jax.evaluation import bpd, evaluate
 from diffusion_jax.evaluation.features import get_extractor
 from diffusion_jax.sampling import generate, samplers
 from diffusion_jax.sampling.runs import Run
+from diffusion_jax.training import loop
 
 
-def training_hook(parts: Any, workdir: Path, eval_fn: Callable | None = None) -> Callable:
-    """`hook(step, state, last) -> dict` of a diffusion run: grids every training.sample_every
-    steps (and at the end), and `eval_fn(state, step)` (default: `make_eval_fn`) every
-    training.eval_every steps."""
+def training_hook(parts: Any, workdir: Path, eval_fn: Callable | None = None) -> loop.Hook:
+    """The hook of a diffusion run: grids every training.sample_every steps (and at the end),
+    and `eval_fn(state, step)` (default: `make_eval_fn`) every training.eval_every steps."""
     config = parts.config
     tr = config.training
     if eval_fn is None and tr.eval_every:
         eval_fn = make_eval_fn(parts, workdir)
     sample_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 10**9)
 
-    def hook(step: int, state: Any, last: bool) -> dict[str, float]:
-        if tr.sample_every and (step % tr.sample_every == 0 or last):
+    def grid_due(step: int, last: bool) -> bool:
+        return bool(tr.sample_every) and (step % tr.sample_every == 0 or last)
+
+    def eval_due(step: int) -> bool:
+        return eval_fn is not None and bool(tr.eval_every) and step % tr.eval_every == 0
+
+    def run(step: int, state: Any, last: bool) -> dict[str, float]:
+        if grid_due(step, last):
             # Every process takes part in gathering the (possibly sharded) EMA parameters; the
             # first draws and saves the grid on its own devices.
             params = parallel.to_local(state.ema_params)
             if parallel.is_main_process():
                 path = workdir / "samples" / f"step_{step:08d}"
                 sample_grid(parts, params, jax.random.fold_in(sample_key, step), path)
-        if eval_fn is not None and tr.eval_every and step % tr.eval_every == 0:
+        if eval_due(step):
             return {f"eval/{k}": float(v) for k, v in eval_fn(state, step).items()}
         return {}
 
-    return hook
+    return loop.Hook(due=lambda step, last: grid_due(step, last) or eval_due(step), run=run)
 
 
 def sample_grid(parts: Any, params: Any, key: jax.Array, path: Path) -> Path:

@@ -1,21 +1,24 @@
 """The one host-side training driver, shared by the diffusion model and the guidance classifier.
 
     state = loop.fit(parts, mesh, workdir, make_step=step.make_train_step,
-                     saved_config=config, mismatch=lambda saved: [...], hook=hook)
+                     saved_config=config, rules=resume.ResumeRules(), hook=hook)
 
-`fit` builds the sharded state, compiles the step, opens the data and the checkpoints, resumes
-(refusing another model's checkpoint: `config_mismatch`) and runs `run_loop`: metrics every
-`log_every` steps (metrics.jsonl, TensorBoard; `NonFiniteError` names the first non-finite step),
-checkpoints every `checkpoint_every` steps, at the end and on SIGTERM, and `hook(step, state,
-last)` after each step (samples, evaluations; the scalars it returns are logged).
+`fit` locks the workdir (`lock.WorkdirLock`: a second run on it is refused), resumes from its
+latest checkpoint (`resume.resume_or_init`: a changed model is refused, a changed data or batch
+too unless allowed), compiles the step and runs `run_loop`: metrics every `log_every` steps
+(metrics.jsonl, TensorBoard; `NonFiniteError` names the first non-finite step, or the end of
+`max_consecutive_skips` skipped ones), checkpoints every `checkpoint_every` steps, at the end, on
+SIGTERM and Ctrl-C (a second Ctrl-C stops at once), and before each step's hook (sample grids,
+evaluations: a failing hook costs no checkpoint). Every run ends with one summary line.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,23 +27,26 @@ import numpy as np
 
 from diffusion_jax import checkpoint, parallel
 from diffusion_jax.data import pipeline as data
+from diffusion_jax.errors import UserError
+from diffusion_jax.training.lock import WorkdirLock
 from diffusion_jax.training.preemption import PreemptionGuard
+from diffusion_jax.training.resume import ResumeRules, as_dict, resume_or_init
 from diffusion_jax.training.state import init_state
 from diffusion_jax.training.step import compile_train_step
 
 log = logging.getLogger(__name__)
 
-# Keys of model.* / diffusion.* that may change between a run and its resumption: they do not
-# change the parameters' shapes or what the network predicts.
-RESUMABLE_KEYS = frozenset(
-    {"model.dropout", "model.dtype", "diffusion.loss_type", "diffusion.timestep_sampler",
-     "diffusion.class_drop_prob"}
-)  # fmt: skip
 
-Hook = Callable[[int, Any, bool], "dict | None"]
+@dataclasses.dataclass(frozen=True)
+class Hook:
+    """What the loop runs besides stepping: `run(step, state, last) -> {name: scalar} | None`
+    after the steps where `due(step, last)`, once that step's checkpoint is saved."""
+
+    due: Callable[[int, bool], bool]
+    run: Callable[[int, Any, bool], dict | None]
 
 
-class NonFiniteError(FloatingPointError):
+class NonFiniteError(UserError, FloatingPointError):
     """The loss or gradient stopped being finite; the run stops and keeps its last checkpoint."""
 
 
@@ -51,19 +57,53 @@ def fit(
     *,
     make_step: Callable[[Any], Callable],
     saved_config: Any,
-    mismatch: Callable[[dict], list[str]],
+    rules: ResumeRules | None = None,
+    allow_changes: bool = False,
     hook: Hook | None = None,
-    what: str = "model",
 ) -> Any:
     """Trains `parts` (`setup.Parts`) on `mesh` in `workdir`, from its latest checkpoint if it
     has one, to `training.num_steps`; returns the final state. `saved_config` (a ConfigDict or a
-    dict) is checkpointed and written to workdir/config.json; `mismatch(saved_config_dict)`
-    lists what makes a saved run a different one (any line refuses to resume)."""
-    config = parts.config
-    tr = config.training
+    dict) is checkpointed, written to workdir/config.json and compared with the checkpoint's by
+    `rules` (`allow_changes`: accept other data, batch or seed)."""
+    tr, rules = parts.config.training, rules or ResumeRules()
+    saved_config = as_dict(saved_config)
     abstract, init = init_state(parts, mesh)
-    state_sharding = jax.tree_util.tree_map(lambda a: a.sharding, abstract)
-    step_fn = compile_train_step(make_step(parts), mesh, state_sharding)
+    with WorkdirLock(workdir, command=f"train ({rules.what})"):
+        data_iter = data.make_train_iterator(
+            parts.config.data, global_batch_size=tr.batch_size, seed=parts.config.seed
+        )
+        ckpt = open_checkpointer(workdir, tr)
+        state = resume_or_init(
+            ckpt, abstract, init, data_iter, config=saved_config, rules=rules,
+            allow_changes=allow_changes, workdir=workdir,
+        )  # fmt: skip
+        if int(state.step) >= tr.num_steps:
+            ckpt.close()
+            if parallel.is_main_process():
+                print(
+                    f"{workdir} is already at step {int(state.step)}, training.num_steps is "
+                    f"{tr.num_steps}: nothing to do (raise --config.training.num_steps to "
+                    "train further).",
+                    flush=True,
+                )
+            return state
+        try:
+            sharding = jax.tree.map(lambda a: a.sharding, abstract)
+            step_fn = compile_train_step(make_step(parts), mesh, sharding)
+            _print_layout(abstract, mesh)
+            if parallel.is_main_process():
+                (workdir / "config.json").write_text(json.dumps(saved_config, indent=2))
+        except BaseException:
+            ckpt.close()
+            raise
+        return run_loop(
+            state=state, step_fn=step_fn, data_iter=data_iter, mesh=mesh, ckpt=ckpt,
+            saved_config=saved_config, training=tr, workdir=workdir, hook=hook,
+            desc="training" if rules.what == "model" else rules.what,
+        )  # fmt: skip
+
+
+def _print_layout(abstract: Any, mesh) -> None:
     if parallel.is_main_process():
         total = sum(a.size * a.dtype.itemsize for a in jax.tree_util.tree_leaves(abstract))
         here = parallel.per_device_bytes(abstract)
@@ -73,20 +113,6 @@ def fit(
             f"{total / 2**20:.1f} MiB.",
             flush=True,
         )
-    data_iter = data.make_train_iterator(
-        config.data, global_batch_size=tr.batch_size, seed=config.seed
-    )
-    ckpt = open_checkpointer(workdir, tr)
-    state = resume_or_init(ckpt, abstract, init, data_iter, mismatch=mismatch, what=what)
-    if hasattr(saved_config, "to_json_best_effort"):  # a ConfigDict: as plain JSON values
-        saved_config = json.loads(saved_config.to_json_best_effort())
-    if parallel.is_main_process():
-        (workdir / "config.json").write_text(json.dumps(saved_config, indent=2))
-    return run_loop(
-        state=state, step_fn=step_fn, data_iter=data_iter, mesh=mesh, ckpt=ckpt,
-        saved_config=saved_config, training=tr, workdir=workdir, hook=hook,
-        desc="training" if what == "model" else what,
-    )  # fmt: skip
 
 
 def open_checkpointer(workdir: Path, training) -> checkpoint.Checkpointer:
@@ -100,77 +126,6 @@ def open_checkpointer(workdir: Path, training) -> checkpoint.Checkpointer:
     )
 
 
-def config_mismatch(
-    saved_config: Mapping,
-    config: Any,
-    *,
-    sections: Iterable[str] = ("model", "diffusion"),
-    ignore: Iterable[str] = RESUMABLE_KEYS,
-) -> list[str]:
-    """The keys under `sections` (section names like "model", or dotted keys like
-    "diffusion.num_timesteps") whose values differ, as readable lines; keys in `ignore` may
-    change on resumption. An empty list means the checkpoint is of the same model."""
-    current = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-    old = _flatten(saved_config, "")
-    new = _flatten(json.loads(json.dumps(current)), "")  # tuples -> lists, as in the saved JSON
-    sections, ignore = tuple(sections), set(ignore)
-
-    def section(key: str) -> int | None:  # the position of the key's section, None: not wanted
-        found = [i for i, s in enumerate(sections) if key == s or key.startswith(s + ".")]
-        return found[0] if found and key not in ignore else None
-
-    absent = "(absent)"
-    keys = [(section(k), k) for k in old.keys() | new.keys() if section(k) is not None]
-    return [
-        f"{key}: checkpoint {old.get(key, absent)!r}, config {new.get(key, absent)!r}"
-        for _, key in sorted(keys)
-        if old.get(key, absent) != new.get(key, absent)
-    ]
-
-
-def _flatten(tree: Mapping, prefix: str) -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def resume_or_init(
-    ckpt: checkpoint.Checkpointer,
-    abstract: Any,
-    init: Callable[[], Any],
-    data_iter: Any,
-    *,
-    mismatch: Callable[[dict], list[str]],
-    what: str = "model",
-) -> Any:
-    """The latest checkpoint's state (and data position), or `init()` for a fresh workdir.
-
-    `mismatch(saved_config_dict)` lists the settings that make the saved run a different one; any
-    makes this raise instead of resuming. `ckpt` is closed when this raises."""
-    try:
-        if ckpt.latest_step() is None:
-            return init()
-        differences = mismatch(ckpt.restore_config())
-        if differences:
-            raise checkpoint.CheckpointError(
-                f"{ckpt.directory.parent} holds a run of a different {what} "
-                f"({'; '.join(differences)}): use a fresh --workdir, or the config that run was "
-                "started with."
-            )
-        state, _ = ckpt.restore(abstract, data_iter)
-    except BaseException:
-        ckpt.close()
-        raise
-    log.info("Resumed the %s from step %d", what, int(state.step))
-    if jax.process_index() == 0:
-        print(f"Resumed the {what} from step {int(state.step)} ({ckpt.directory}).", flush=True)
-    return state
-
-
 class MetricsLog:
     """Step metrics fetched in groups: every `log_every` steps they are copied to the host, checked
     for a non-finite step, averaged, and written to TensorBoard (tensorboardX) and metrics.jsonl
@@ -179,6 +134,7 @@ class MetricsLog:
     def __init__(self, workdir: Path, training, bar, ckpt: checkpoint.Checkpointer):
         self.training, self.bar, self.ckpt = training, bar, ckpt
         self.pending: list[tuple[int, dict]] = []
+        self.skips_in_a_row = 0
         self.clock = (time.time(), int(bar.n))
         self.enabled = jax.process_index() == 0
         if self.enabled:
@@ -202,20 +158,12 @@ class MetricsLog:
         fetched = jax.device_get([m for _, m in self.pending])
         steps = [s for s, _ in self.pending]
         self.pending.clear()
-        if self.training.on_nonfinite == "error":
-            for s, m in zip(steps, fetched, strict=True):
-                if not m["finite"]:
-                    raise NonFiniteError(
-                        f"The loss or gradient was not finite at step {s} (loss={m['loss']}, "
-                        f"grad_norm={m['grad_norm']}). The update was not applied and no "
-                        f"checkpoint after step {self.ckpt.latest_step()} was written. Lower "
-                        "optim.learning_rate, check the data, or set "
-                        "training.on_nonfinite='skip'."
-                    )
+        self._check_finite(steps, [bool(m["finite"]) for m in fetched], fetched)
         now = time.time()
         rate = (step - self.clock[1]) / max(now - self.clock[0], 1e-9)
         self.clock = (now, step)
-        scalars = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[-1] if k != "finite"}
+        kept = [m for m in fetched if m["finite"]] or fetched  # skipped steps' NaNs left out
+        scalars = {k: float(np.mean([m[k] for m in kept])) for k in kept[-1] if k != "finite"}
         scalars.update(
             steps_per_sec=rate,
             images_per_sec=rate * self.training.batch_size,
@@ -226,6 +174,35 @@ class MetricsLog:
         if "accuracy" in scalars:
             postfix["acc"] = f"{scalars['accuracy']:.2f}"
         self.bar.set_postfix(**postfix)
+
+    def _check_finite(self, steps: list[int], finite: list[bool], fetched: list[dict]) -> None:
+        """Stops at the first non-finite step (on_nonfinite="error"), or when skipped steps
+        reach training.max_consecutive_skips in a row; warns about the skipped ones."""
+        tr, latest = self.training, self.ckpt.latest_step()
+        limit = int(tr.get("max_consecutive_skips", 20))
+        for s, ok, m in zip(steps, finite, fetched, strict=True):
+            self.skips_in_a_row = 0 if ok else self.skips_in_a_row + 1
+            if not ok and tr.on_nonfinite == "error":
+                raise NonFiniteError(
+                    f"The loss or gradient was not finite at step {s} (loss={m['loss']}, "
+                    f"grad_norm={m['grad_norm']}). The update was not applied and no checkpoint "
+                    f"after step {latest} was written. Lower optim.learning_rate, check the "
+                    "data, or set training.on_nonfinite='skip'."
+                )
+            if self.skips_in_a_row >= limit:
+                raise NonFiniteError(
+                    f"{limit} steps in a row, up to step {s}, had a non-finite loss or gradient "
+                    f"and were skipped (training.max_consecutive_skips={limit}): the run has "
+                    f"diverged. Its last checkpoint is step {latest}; resume from it with a "
+                    "lower optim.learning_rate, or check the data."
+                )
+        skipped = [s for s, ok in zip(steps, finite, strict=True) if not ok]
+        if skipped:
+            shown = ", ".join(map(str, skipped[:10])) + (" ..." if len(skipped) > 10 else "")
+            log.warning(
+                "%d update(s) skipped for a non-finite loss or gradient (steps %s).",
+                len(skipped), shown,
+            )  # fmt: skip
 
     def close(self) -> None:
         if self.enabled:
@@ -247,21 +224,20 @@ def run_loop(
     hook: Hook | None = None,
 ) -> Any:
     """Runs `step_fn` from `state.step` to `training.num_steps`; returns the final state (or the
-    state at which SIGTERM arrived, after checkpointing it). Closes `ckpt` on the way out."""
+    state at which SIGTERM or Ctrl-C arrived, after checkpointing it). Closes `ckpt` on the way
+    out and prints the run's summary line, whatever the way out."""
     from tqdm.auto import tqdm
 
-    tr = training
+    tr, start = training, int(state.step)
     bar = tqdm(
-        total=tr.num_steps,
-        initial=int(state.step),
-        disable=jax.process_index() != 0,
-        desc=f"{desc} {workdir.name}",
-        dynamic_ncols=True,
-    )
+        total=tr.num_steps, initial=start, disable=jax.process_index() != 0,
+        desc=f"{desc} {workdir.name}", dynamic_ncols=True,
+    )  # fmt: skip
     metrics = MetricsLog(workdir, tr, bar, ckpt)
+    outcome = "stopped by an error"
     try:
         with PreemptionGuard() as guard:
-            for step in range(int(state.step) + 1, tr.num_steps + 1):
+            for step in range(start + 1, tr.num_steps + 1):
                 batch = parallel.global_batch(mesh, next(data_iter))
                 state, step_metrics = step_fn(state, batch)
                 metrics.pending.append((step, step_metrics))
@@ -269,18 +245,39 @@ def run_loop(
                 last = step == tr.num_steps
                 if step % tr.log_every == 0:
                     metrics.flush(step, state)
-                if hook is not None:
-                    metrics.write(step, hook(step, state, last) or {})
                 stop = guard.should_stop(step)
-                if stop or last or step % tr.checkpoint_every == 0:
+                due = hook is not None and not stop and hook.due(step, last)
+                if stop or last or due or step % tr.checkpoint_every == 0:
                     metrics.flush(step, state)  # raises before a save on a non-finite step
                     ckpt.save(step, state, saved_config, data_iter, force=True)
+                if due:
+                    metrics.write(step, hook.run(step, state, last) or {})
                 if stop:
-                    log.warning("SIGTERM: saved a checkpoint at step %d and stopped.", step)
-                    print(f"Preempted: checkpoint saved at step {step}.", flush=True)
+                    outcome = f"stopped by {guard.reason}, checkpoint saved"
                     break
+            else:
+                outcome = "finished"
     finally:
         bar.close()
-        ckpt.close()
         metrics.close()
+        try:
+            ckpt.close()
+        finally:
+            _summary(desc, workdir, state, start, tr.num_steps, outcome, ckpt)
     return state
+
+
+def _summary(desc, workdir, state, start, num_steps, outcome, ckpt) -> None:
+    """The run's last line: where it stopped, what it did, its last checkpoint."""
+    if not parallel.is_main_process():
+        return
+    step, skipped = (int(v) for v in jax.device_get((state.step, state.skipped)))
+    try:
+        latest = ckpt.latest_step()
+    except Exception:  # noqa: BLE001 (the summary must not hide the error being raised)
+        latest = "unknown"
+    print(
+        f"{desc} {workdir}: {outcome} at step {step} of {num_steps} ({step - start} steps this "
+        f"run, {skipped} skipped in all); last checkpoint: step {latest}.",
+        flush=True,
+    )

@@ -1,5 +1,7 @@
-"""SIGTERM as a request to checkpoint and stop: what a cluster scheduler or a preemptible VM
-sends before it kills a job. The training loop asks the guard after every step.
+"""SIGTERM and Ctrl-C as requests to checkpoint and stop: SIGTERM is what a cluster scheduler
+or a preemptible VM sends before it kills a job. The training loop asks the guard after every
+step. A second Ctrl-C raises KeyboardInterrupt at once (the steps since the last checkpoint are
+lost, the checkpoints are not).
 
     with PreemptionGuard() as guard:
         for step in ...:
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 from collections.abc import Iterable
 from typing import Any
@@ -24,7 +27,9 @@ log = logging.getLogger(__name__)
 
 
 class PreemptionGuard:
-    """Turns SIGTERM into a flag: `guard.requested` becomes True and the process lives on.
+    """Turns SIGTERM and SIGINT (Ctrl-C) into a flag: `guard.requested` becomes True, `reason`
+    names the signal, and the process lives on; after the first SIGINT, the next one raises
+    KeyboardInterrupt as usual.
 
     The previous handlers are restored on exit. Signal handlers can only be installed from the
     main thread; elsewhere the guard logs a warning and never fires. With several JAX processes,
@@ -33,20 +38,33 @@ class PreemptionGuard:
     the service handles SIGTERM itself, so no handler is installed then.
     """
 
-    def __init__(self, signals: Iterable[int] = (signal.SIGTERM,)):
+    def __init__(self, signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT)):
         self.signals = tuple(signals)
         self.requested = False
+        self.reason = ""
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum, frame) -> None:
         del frame
         self.requested = True
-        log.warning("Received %s: will save a checkpoint and stop.", signal.Signals(signum).name)
+        if signum == signal.SIGINT:
+            self.reason = self.reason or "Ctrl-C"
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            print(
+                "\nCtrl-C: saving a checkpoint after this step, then stopping (Ctrl-C again to "
+                "stop at once, losing the steps since the last checkpoint).",
+                file=sys.stderr,
+                flush=True,
+            )
+        else:
+            self.reason = self.reason or signal.Signals(signum).name
+            log.warning("Received %s: will save a checkpoint and stop.", self.reason)
 
     def should_stop(self, step: int) -> bool:
         if jax.process_count() > 1:
             try:
-                self.requested |= multihost_utils.reached_preemption_sync_point(int(step))
+                if multihost_utils.reached_preemption_sync_point(int(step)):
+                    self.requested, self.reason = True, self.reason or "a preemption notice"
             except RuntimeError:  # the preemption service is not running
                 pass
         return self.requested

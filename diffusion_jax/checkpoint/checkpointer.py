@@ -1,45 +1,26 @@
-"""Checkpoints of a run: the TrainState, the config and the data iterator, through orbax.
-
-    with checkpoint.Checkpointer(workdir, save_every=10_000, keep=3, keep_every=100_000) as ckpt:
-        if ckpt.latest_step() is not None:
-            state, saved = ckpt.restore(abstract_state, data_iter)   # abstract: ShapeDtypeStructs
-        for step in ...:                                             #   with .sharding set
-            state = train_step(state, next(data_iter))
-            ckpt.save(step, state, config, data_iter)
-    # inference reads only what it needs, e.g. {"step": ..., "ema_params": ...}:
-    state, _ = Checkpointer(workdir, read_only=True).restore(subtree, partial=True)
-
-Checkpoints live in `workdir/checkpoints/<step>/{state,config,data}`. A step is saved when it is a
-multiple of `save_every` (or with `force=True`, or at a multi-host preemption sync point); the last
-`keep` saved steps are kept, and every multiple of `keep_every` forever. Saves are asynchronous by
-default: `save` returns once the arrays are in host memory; `wait()` / `close()` block until they
-are on disk. Guarantees:
-- `save` refuses a state with a NaN or Inf anywhere (it raises and writes nothing), so a diverged
-  run never buries its last good checkpoint.
-- `restore` reshards onto the shardings `abstract_state` carries (saved on 8 devices, resumed on 1
-  or 4); with `partial=True` it reads only the leaves `abstract_state` names. The tree is checked
-  first: a checkpoint of a different model is reported by leaf path and shape.
-- A save killed midway leaves `<step>.orbax-checkpoint-tmp*`, which orbax never lists and the next
-  Checkpointer deletes. A step directory without orbax's step metadata (a partial copy) is renamed
-  to `<step>.incomplete`, so it is neither resumed from nor blocks later saves of the same step.
-"""
+"""The Checkpointer: orbax storage of a run's state, config and data position (see the package
+docstring for the guarantees)."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import os
 import re
+import shutil
 from typing import Any
 
 import grain.checkpoint as grain_checkpoint
 import jax
-import jax.numpy as jnp
-import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
+
+from diffusion_jax.checkpoint import trees
+from diffusion_jax.errors import UserError, os_error_in
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +31,7 @@ _STEP_MARKERS = ("_CHECKPOINT_METADATA", "commit_success.txt")
 _DATA_FILE = re.compile(r"process_\d+-of-(\d+)\.json")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint cannot be written or read; the message says which one and what to do."""
 
 
@@ -131,7 +112,7 @@ class Checkpointer:
             return False
         if not force and not self._manager.should_save(step):
             return False
-        bad = _nonfinite_leaves(state)
+        bad = trees.nonfinite_leaves(state)
         if bad:
             shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
             raise CheckpointError(
@@ -147,15 +128,47 @@ class Checkpointer:
         }
         if data_iterator is not None:
             items["data"] = grain_checkpoint.CheckpointSave(data_iterator)
-        return self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+        self._check_space(step, state)
+        with self._disk_errors(step):
+            return self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+
+    def _check_space(self, step: int, state: Any) -> None:
+        """A CheckpointError, before writing, when the disk cannot hold this process's share."""
+        if "://" not in str(self.directory):
+            need = sum(getattr(x, "nbytes", 0) for x in jax.tree.leaves(state))
+            need //= jax.process_count()
+            on = next(p for p in (self.directory, *self.directory.parents) if p.exists())
+            if (free := shutil.disk_usage(on).free) < need:
+                raise CheckpointError(self._full(step, f"it needs {_mib(need)}, {_mib(free)} free"))
+
+    @contextlib.contextmanager
+    def _disk_errors(self, step: int | None):
+        """A full disk or quota met while writing, as one CheckpointError naming the directory."""
+        try:
+            yield
+        except Exception as e:
+            cause = os_error_in(e)
+            if cause is None or cause.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise CheckpointError(self._full(step, cause.strerror)) from e
+
+    def _full(self, step: int | None, why: str) -> str:
+        return (
+            f"Could not save {f'step {step}' if step is not None else 'a checkpoint'} in "
+            f"{self.directory} ({why}). The checkpoints before it are kept "
+            f"({self.all_steps()}); free some space or lower training.keep_checkpoints, "
+            "and resume."
+        )
 
     def wait(self) -> None:
         """Blocks until every started save is on disk (and old ones are deleted)."""
-        self._manager.wait_until_finished()
+        with self._disk_errors(None):
+            self._manager.wait_until_finished()
 
     def close(self) -> None:
         """Waits for pending saves and releases orbax's threads."""
-        self._manager.close()
+        with self._disk_errors(None):
+            self._manager.close()
 
     def __enter__(self) -> Checkpointer:
         return self
@@ -193,7 +206,7 @@ class Checkpointer:
         self.wait()  # a step still being written asynchronously cannot be read yet
         step = self._resolve_step(step)
         self._check_tree(step, abstract_state, partial=partial)
-        target = jax.tree.map(_with_sharding, abstract_state)
+        target = jax.tree.map(trees.with_sharding, abstract_state)
         if partial:
             return self._read_partial(step, target), self.restore_config(step)
         items = {"state": ocp.args.StandardRestore(target), "config": ocp.args.JsonRestore()}
@@ -274,8 +287,8 @@ class Checkpointer:
             raise CheckpointError(self._unreadable(step, e)) from e
         if saved is None:
             raise CheckpointError(self._unreadable(step, ValueError("no 'state' item")))
-        saved = _shapes_by_path(getattr(saved, "tree", saved))
-        expected = _shapes_by_path(abstract_state)
+        saved = trees.shapes_by_path(getattr(saved, "tree", saved))
+        expected = trees.shapes_by_path(abstract_state)
         diffs = [
             f"{path}: saved shape {saved[path]}, expected {shape}"
             for path, shape in expected.items()
@@ -296,11 +309,9 @@ class Checkpointer:
 
 
 def _whole_array_writes_on_cpu() -> None:
-    """On CPU, orbax writes each replicated array whole instead of in per-device slices.
-    Orbax's replica-parallel saving (its default off GPU) slices each replicated array into one
-    piece per device, with one eager dispatch (and compilation) per piece: thousands for a U-Net's
-    state on 8 CPU devices, ~10 s per process on the first save, for no gain when the copies share
-    one host's memory. The files are the same; accelerator runs keep orbax's defaults."""
+    """On CPU, orbax writes each replicated array whole, not in per-device slices (its
+    replica-parallel default dispatches and compiles once per slice: ~10 s on the first save of
+    a U-Net on 8 CPU devices, for nothing when the copies share one host). Same files."""
     if jax.default_backend() != "cpu":
         return
     try:
@@ -314,48 +325,8 @@ def _whole_array_writes_on_cpu() -> None:
     ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
 
 
-def _key_name(key) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(key, attr):
-            return str(getattr(key, attr))
-    return str(key)
-
-
-def _shapes_by_path(tree: Any) -> dict[str, tuple]:
-    """{'params/conv/kernel': shape}: the same string for a TrainState and orbax's metadata tree
-    (which stores dataclasses and named tuples as dicts, tuples as lists, empty nodes as None)."""
-    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-    return {
-        "/".join(_key_name(k) for k in path): tuple(getattr(leaf, "shape", ()))
-        for path, leaf in flat
-    }
-
-
-@jax.jit
-def _all_finite(leaves: list) -> jax.Array:
-    return jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])  # [num_float_leaves] bool
-
-
-def _nonfinite_leaves(state: Any) -> list[str]:
-    flat, _ = jax.tree_util.tree_flatten_with_path(state)
-    floats = [(p, x) for p, x in flat if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
-    if not floats:
-        return []
-    # One jitted reduction: its small output is replicated, so every host reads it, sharded or not.
-    finite = np.asarray(_all_finite([x for _, x in floats]))
-    return [
-        "/".join(_key_name(k) for k in p)
-        for (p, _), ok in zip(floats, finite, strict=True)
-        if not ok
-    ]
-
-
-def _with_sharding(leaf: Any) -> Any:
-    if isinstance(leaf, jax.ShapeDtypeStruct) and leaf.sharding is None:
-        mesh = jax.sharding.Mesh(np.array(jax.devices()), ("all",))
-        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-        return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=replicated)
-    return leaf
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.1f} MiB"
 
 
 def _quarantine_incomplete_steps(directory: epath.Path) -> None:
