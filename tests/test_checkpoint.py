@@ -15,7 +15,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceShardin
 from diffusion_jax.checkpoint import Checkpointer, CheckpointError
 from diffusion_jax.configs import base_config
 from diffusion_jax.training.preemption import PreemptionGuard
-from diffusion_jax.training.resume import config_mismatch
+from diffusion_jax.training.resume import ResumeRules, config_changes, model_changes
 from diffusion_jax.training.state import create_train_state
 
 
@@ -77,7 +77,7 @@ def test_round_trip_state_config_and_data(tmp_path):
     assert_same(restored, state)
     assert saved_config == json.loads(json.dumps(config.to_dict()))
     assert saved_config["model"]["ch_mult"] == list(config.model.ch_mult)
-    assert config_mismatch(saved_config, config) == []
+    assert model_changes(config_changes(saved_config, config), ResumeRules()) == []
     for batch in expected_batches:
         np.testing.assert_array_equal(next(fresh), batch)
 
@@ -138,14 +138,14 @@ def test_different_model_names_the_leaf(tmp_path):
             ckpt.restore(abstract(make_state(extra=True)))
 
 
-def test_config_mismatch_lists_model_and_diffusion_keys():
+def test_model_changes_list_model_and_diffusion_keys():
     saved = json.loads(json.dumps(base_config().to_dict()))
     config = base_config()
     config.model.ch = 64
     config.diffusion.num_timesteps = 500
     config.model.dropout = 0.3  # may change on resumption
     config.optim.learning_rate = 1.0  # not a model key
-    assert config_mismatch(saved, config) == [
+    assert model_changes(config_changes(saved, config), ResumeRules()) == [
         "model.ch: checkpoint 128, config 64",
         "diffusion.num_timesteps: checkpoint 1000, config 500",
     ]

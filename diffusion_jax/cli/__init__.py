@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import errno
 import importlib
+import logging
 import os
 import sys
 
@@ -102,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"diffusion_jax {__version__}")
         return 0
     command, rest = argv[0], argv[1:]
+    if not debug:  # orbax's notes on read-only managers etc. would bury the one error line
+        logging.getLogger("absl").setLevel(logging.ERROR)
     try:
         if command not in COMMANDS:
             raise flags.UsageError(

@@ -280,22 +280,24 @@ def check_sampling_flags(args: argparse.Namespace) -> None:
 
 
 def check_output(paths: list, overwrite: bool) -> None:
-    """A UsageError, before any work, when an output exists (unless `overwrite`) or its folder
-    cannot be created or written."""
-    import os
+    """A UsageError, before any work, when an output exists (unless `overwrite`) or cannot be
+    written: its folder is created and a scratch file written and removed there."""
+    import tempfile
     from pathlib import Path
 
     for path in map(Path, paths):
-        if path.exists() and (path.is_dir() or not overwrite):
-            what = "a directory" if path.is_dir() else "already there"
+        if path.is_dir() or (path.exists() and not overwrite):
             raise UsageError(
-                f"{path} is {what}: choose another --out"
-                + ("" if path.is_dir() else ", or pass --overwrite to replace it")
-                + "."
+                f"{path} is a directory: choose another --out."
+                if path.is_dir()
+                else f"{path} is already there: choose another --out, or pass --overwrite."
             )
-        folder = next(p for p in (path.parent, *path.parent.parents) if p.exists())
-        if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-            raise UsageError(f"cannot write {path}: {folder} is not a writable directory.")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=path.parent):
+                pass
+        except OSError as e:
+            raise UsageError(f"cannot write {path}: {e.strerror or e}.") from None
 
 
 def with_var_type(args: argparse.Namespace, run):

@@ -87,20 +87,11 @@ def config_changes(saved: Mapping, config: Any) -> dict[str, tuple[Any, Any]]:
     }
 
 
-def config_mismatch(
-    saved_config: Mapping,
-    config: Any,
-    *,
-    sections: Iterable[str] = ("model", "diffusion"),
-    ignore: Iterable[str] = RESUMABLE_KEYS,
-) -> list[str]:
-    """The keys under `sections` (section names, or dotted keys) whose values differ, as
-    readable lines, sections in the given order; keys in `ignore` may change. Empty: the
-    checkpoint is of the same model."""
-    sections, ignore = tuple(sections), set(ignore)
-    changes = config_changes(saved_config, config)
-    rank = {k: next(i for i, s in enumerate(sections) if _under(k, (s,))) for k in changes
-            if _under(k, sections) and k not in ignore}  # fmt: skip
+def model_changes(changes: Mapping, rules: ResumeRules) -> list[str]:
+    """The `changes` (`config_changes`) of `rules.fixed` keys, as readable lines, in the order of
+    `rules.fixed`; empty when the checkpoint is of the same model."""
+    rank = {k: next(i for i, s in enumerate(rules.fixed) if _under(k, (s,))) for k in changes
+            if _under(k, rules.fixed) and k not in rules.resumable}  # fmt: skip
     return [_line(k, *changes[k]) for k in sorted(rank, key=lambda k: (rank[k], k))]
 
 
@@ -146,12 +137,11 @@ def resume_or_init(
 
 def _refuse(ckpt, changes: dict, rules: ResumeRules, allow_changes: bool) -> None:
     run = ckpt.directory.parent
-    fixed = [k for k in changes if _under(k, rules.fixed) and k not in rules.resumable]
+    fixed = model_changes(changes, rules)
     if fixed:
         raise checkpoint.CheckpointError(
-            f"{run} holds a run of a different {rules.what} "
-            f"({'; '.join(_line(k, *changes[k]) for k in fixed)}): use a fresh --workdir, or "
-            "the config that run was started with."
+            f"{run} holds a run of a different {rules.what} ({'; '.join(fixed)}): use a fresh "
+            "--workdir, or the config that run was started with."
         )
     # A key the saved run did not have yet (an older version) is no change of its data.
     guarded = [k for k in changes if _under(k, rules.guarded) and changes[k][0] != _ABSENT]

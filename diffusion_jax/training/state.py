@@ -21,6 +21,7 @@ from flax import struct
 
 from diffusion_jax import parallel
 from diffusion_jax.core import timestep_sampling as ts
+from diffusion_jax.validation import ON_NONFINITE
 
 
 @struct.dataclass
@@ -48,9 +49,6 @@ def create_train_state(
         skipped=jnp.zeros((), jnp.int32),
         loss_history=loss_history,
     )
-
-
-ON_NONFINITE = ("error", "skip")
 
 
 def new_state(parts: Any, params: Any) -> TrainState:
