@@ -237,9 +237,13 @@ def _explain_flag_error(argv: list[str], error: Exception) -> str:
 
 def add_sampling_flags(parser: argparse.ArgumentParser, num: int) -> None:
     parser.add_argument("--num", type=int, default=num, help="how many samples")
-    parser.add_argument("--sampler", choices=("ancestral", "ddim"), default="ancestral")
-    parser.add_argument("--steps", type=int, default=0, help="respaced steps; 0 = all T steps")
-    parser.add_argument("--spacing", choices=("uniform", "ddim", "quad"), default="uniform")
+    solvers = "dpmpp_2m, dpmpp_3m, dpmpp_2s, unipc_2, unipc_3, euler, heun"
+    parser.add_argument("--sampler", default="ancestral", help=f"ancestral, ddim, {solvers}",
+                        choices=("ancestral", "ddim", *solvers.split(", ")))  # fmt: skip
+    parser.add_argument("--steps", type=int, default=0, help="respaced or solver steps; 0 = all T")
+    spacings = "ancestral/ddim: uniform, ddim, quad; solvers: linspace, leading, trailing, "
+    spacings += "quadratic, logsnr, karras (default: the first)"
+    parser.add_argument("--spacing", default=None, help=spacings)
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM's eta (0: deterministic)")
     parser.add_argument(
         "--var_type",
@@ -275,6 +279,14 @@ def check_sampling_flags(args: argparse.Namespace) -> None:
         [int(c) for c in args.classes.split(",") if c.strip()]
     except ValueError:
         wrong.append(f"--classes must be comma-separated integers, got {args.classes!r}")
+    from diffusion_jax.sampling import generate
+
+    if args.spacing is None:
+        args.spacing = "linspace" if args.sampler in generate.FAST_SAMPLERS else "uniform"
+    try:
+        generate.check_sampler(args.sampler, args.steps, args.spacing)
+    except ValueError as e:
+        wrong.append(str(e).rstrip("."))
     if wrong:
         raise UsageError("; ".join(wrong) + ".")
 

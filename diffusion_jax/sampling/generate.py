@@ -5,7 +5,8 @@
     generate.save_samples(images, labels, "samples.npz", grid="samples.png")
 
 `diffusion-jax sample --workdir runs/X --num 50000 --sampler ddim --steps 50 --out samples.npz`
-does the same (launched on every host of a multi-process job; only process 0 writes).
+(or `--sampler dpmpp_2m --steps 15 --spacing trailing`: `FAST_SAMPLERS`) does the same
+(launched on every host of a multi-process job; only process 0 writes).
 """
 
 from __future__ import annotations
@@ -19,12 +20,46 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffusion_jax import parallel
-from diffusion_jax.core import schedules
+from diffusion_jax.core import schedules, spacing
 from diffusion_jax.data import images
+from diffusion_jax.sampling import karras, solvers
 from diffusion_jax.sampling import samplers as sampling
 from diffusion_jax.sampling.runs import Run
 
 SPACINGS = {"uniform": "{n}", "ddim": "ddim{n}", "quad": "ddimq{n}"}
+# The fast solvers by name: (function, its settings). They take `steps` solver steps on the full
+# schedule, spaced by a name of `core.spacing.SPACINGS` (Euler/Heun: linspace, leading, trailing,
+# karras).
+FAST_SAMPLERS = {
+    "dpmpp_2m": (solvers.sample_dpmpp, {"order": 2}),
+    "dpmpp_3m": (solvers.sample_dpmpp, {"order": 3}),
+    "dpmpp_2s": (solvers.sample_dpmpp, {"order": 2, "method": "singlestep"}),
+    "unipc_2": (solvers.sample_unipc, {"order": 2}),
+    "unipc_3": (solvers.sample_unipc, {"order": 3}),
+    "euler": (karras.sample_euler, {}),
+    "heun": (karras.sample_heun, {}),
+}
+SAMPLERS = ("ancestral", "ddim", *FAST_SAMPLERS)
+
+
+def check_sampler(sampler: str, steps: int, spacing_name: str) -> None:
+    """A ValueError naming what fits when `sampler`, `steps` and `spacing_name` do not go
+    together: ancestral/DDIM take SPACINGS (0 steps: all T), the fast solvers steps >= 1 and the
+    names of `core.spacing.SPACINGS` (Euler/Heun: not logsnr or quadratic)."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}.")
+    if sampler in FAST_SAMPLERS:
+        names = spacing.SPACINGS
+        if FAST_SAMPLERS[sampler][0] in (karras.sample_euler, karras.sample_heun):
+            names = (*karras.SPACINGS, "karras")
+        if steps < 1:
+            raise ValueError(f"sampler {sampler!r} needs steps >= 1, got {steps}.")
+    else:
+        names = tuple(SPACINGS)
+    if spacing_name not in names:
+        raise ValueError(
+            f"sampler {sampler!r} takes the spacings {', '.join(names)}, got {spacing_name!r}."
+        )
 
 
 def sampling_schedule(config, steps: int = 0, spacing: str = "uniform") -> schedules.Schedule:
@@ -79,8 +114,7 @@ def generate(
     process's devices; chunk i uses the key fold_in(PRNGKey(seed), i), so a seed reproduces a set
     whatever the number of processes (if the per-process device count divides the batch size).
     Process p draws the p-th contiguous block of chunks; all get all the samples (gathered once)."""
-    if sampler not in ("ancestral", "ddim"):
-        raise ValueError(f"sampler must be 'ancestral' or 'ddim', got {sampler!r}.")
+    check_sampler(sampler, steps, spacing)
     if cfg_scale is not None and not run.num_classes:
         raise ValueError(
             "Classifier-free guidance needs a class-conditional run (model.num_classes)."
@@ -89,8 +123,11 @@ def generate(
     guidance = sampling.Guidance(cfg_scale, run.num_classes or None, cond_fn, classifier_scale)
     mesh = parallel.local_mesh()
     chunk = -(-min(batch_size, num) // mesh.size) * mesh.size
-    sched = sampling_schedule(run.config, steps, spacing)
-    draw = _chain(run, sched, sampler, eta, guidance, (chunk, *run.shape), mesh, labels)
+    if sampler in FAST_SAMPLERS:  # they space the full schedule themselves
+        sched, how = sampling_schedule(run.config), {"steps": steps, "spacing": spacing}
+    else:
+        sched, how = sampling_schedule(run.config, steps, spacing), {"eta": eta}
+    draw = _chain(run, sched, sampler, how, guidance, (chunk, *run.shape), mesh, labels)
     params = parallel.to_local(run.params, mesh)
     from tqdm.auto import tqdm
 
@@ -107,9 +144,10 @@ def generate(
     return (images.to_uint8(samples) if len(run.shape) == 3 else samples), labels
 
 
-def _chain(run: Run, sched, sampler: str, eta: float, guidance, shape, mesh, labels) -> Callable:
-    """`draw(params, key, y) -> samples [shape]`: one jitted chain of `sampler`, its output
-    split over `mesh`. Images are clipped to [-1, 1] at each step; other data are not."""
+def _chain(run: Run, sched, sampler: str, how: dict, guidance, shape, mesh, labels) -> Callable:
+    """`draw(params, key, y) -> samples [shape]`: one jitted chain of `sampler` with the settings
+    `how` (eta; steps and spacing), its output split over `mesh`. Images are clipped to [-1, 1]
+    at each step; other data are not."""
     d = run.config.diffusion
     denoiser = sampling.Denoiser(d.mean_type, d.var_type, clip_denoised=len(run.shape) == 3)
     apply_fn = run.apply_fn
@@ -118,8 +156,15 @@ def _chain(run: Run, sched, sampler: str, eta: float, guidance, shape, mesh, lab
         def apply_fn(params, x_t, t, y=None, **kwargs):
             return run.apply_fn(params, x_t, t, None, **kwargs)
 
-    kw = dict(denoiser=denoiser, guidance=guidance) | ({"eta": eta} if sampler == "ddim" else {})
-    sample_fn = sampling.sample_ddim if sampler == "ddim" else sampling.sample_ancestral
+    kw = dict(denoiser=denoiser, guidance=guidance)
+    if sampler in FAST_SAMPLERS:
+        sample_fn, settings = FAST_SAMPLERS[sampler]
+        kw |= settings | how
+        if sample_fn in (karras.sample_euler, karras.sample_heun) and how["spacing"] == "karras":
+            kw |= {"spacing": "linspace", "use_karras_sigmas": True}
+    else:
+        sample_fn = sampling.sample_ddim if sampler == "ddim" else sampling.sample_ancestral
+        kw |= how if sampler == "ddim" else {}
 
     @jax.jit
     def draw(params, key, y):
