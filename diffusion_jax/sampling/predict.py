@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from diffusion_jax.core import diffusion
-from diffusion_jax.sampling.samplers import Denoiser, Guidance
+from diffusion_jax.sampling.samplers import Denoiser, Guidance, guided_network
 
 
 def _bcast(a: jax.Array, like: jax.Array) -> jax.Array:
@@ -36,22 +36,7 @@ def make_predict_fn(
 ):
     """predict(x_t, t_model [B], alpha [B], sigma [B]) -> (x_0_hat, eps_hat), guided."""
     g = guidance
-    if g.cfg_scale is not None and y is None:
-        raise ValueError("Classifier-free guidance (cfg_scale) needs class labels y.")
-
-    def network(x_t, t_model):
-        if g.cfg_scale is None:
-            return apply_fn(params, x_t, t_model, y)
-        both = apply_fn(
-            params,
-            jnp.concatenate([x_t, x_t]),
-            jnp.concatenate([t_model, t_model]),
-            jnp.concatenate([y, jnp.full_like(y, g.num_classes)]),
-        )
-        cond, uncond = jnp.split(both, 2)
-        return diffusion.cfg_output(
-            cond=cond, uncond=uncond, scale=g.cfg_scale, var_type=denoiser.var_type
-        )
+    network = guided_network(apply_fn, params, y=y, var_type=denoiser.var_type, guidance=g)
 
     def predict(x_t, t_model, alpha, sigma):
         a, s = _bcast(alpha, x_t), _bcast(sigma, x_t)

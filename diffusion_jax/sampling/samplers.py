@@ -87,19 +87,10 @@ jax.tree_util.register_dataclass(
 )
 
 
-def make_out_fn(
-    apply_fn,
-    params,
-    schedule: Schedule,
-    *,
-    y: jax.Array | None = None,
-    denoiser: Denoiser = Denoiser(),
-    guidance: Guidance = Guidance(),
-    guide_eps: bool = False,
-):
-    """out_fn(x_t, t [B]) -> the guided `diffusion.p_mean_variance` dict at step t. CFG runs the
-    network once on [x_t, x_t] with labels [y, null] (2B rows); classifier guidance shifts the mean
-    (ancestral: `condition_mean`) or, with `guide_eps`, eps, x_0_hat (DDIM, `condition_score`)."""
+def guided_network(apply_fn, params, *, y, var_type: str, guidance: Guidance):
+    """network(x_t, t_model) -> the network's output, classifier-free guided when
+    `guidance.cfg_scale` is set: one call on [x_t, x_t] with labels [y, null] (2B rows), mixed by
+    `diffusion.cfg_output`. Classifier guidance is the caller's (it acts on mean or eps)."""
     g = guidance
     if g.cfg_scale is not None and y is None:
         raise ValueError("Classifier-free guidance (cfg_scale) needs class labels y.")
@@ -114,9 +105,26 @@ def make_out_fn(
             jnp.concatenate([y, jnp.full_like(y, g.num_classes)]),
         )
         cond, uncond = jnp.split(both, 2)
-        return diffusion.cfg_output(
-            cond=cond, uncond=uncond, scale=g.cfg_scale, var_type=denoiser.var_type
-        )
+        return diffusion.cfg_output(cond=cond, uncond=uncond, scale=g.cfg_scale, var_type=var_type)
+
+    return network
+
+
+def make_out_fn(
+    apply_fn,
+    params,
+    schedule: Schedule,
+    *,
+    y: jax.Array | None = None,
+    denoiser: Denoiser = Denoiser(),
+    guidance: Guidance = Guidance(),
+    guide_eps: bool = False,
+):
+    """out_fn(x_t, t [B]) -> the guided `diffusion.p_mean_variance` dict at step t. CFG runs the
+    network once on [x_t, x_t] with labels [y, null] (2B rows); classifier guidance shifts the mean
+    (ancestral: `condition_mean`) or, with `guide_eps`, eps, x_0_hat (DDIM, `condition_score`)."""
+    g = guidance
+    network = guided_network(apply_fn, params, y=y, var_type=denoiser.var_type, guidance=g)
 
     def out_fn(x_t, t):
         t_model = diffusion.model_timesteps(schedule, t)
